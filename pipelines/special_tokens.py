@@ -24,6 +24,8 @@ USER_DEFINED_SYMBOLS = (
     # Reserved for later modalities/markers, so ids of learned pieces never shift.
     "<reserved_0>", "<reserved_1>", "<reserved_2>", "<reserved_3>",
     "<reserved_4>", "<reserved_5>", "<reserved_6>",
+    # A real newline piece: books, code and MMLU prompts are full of them.
+    "\n",
 )
 SYMBOL_IDS = {s: 3 + i for i, s in enumerate(USER_DEFINED_SYMBOLS)}
 
@@ -43,5 +45,23 @@ MODALITY_IDS = {
     "audio": (AUDIO_ID, BEGIN_AUDIO_ID, END_AUDIO_ID),
     "video": (VIDEO_ID, BEGIN_VIDEO_ID, END_VIDEO_ID),
 }
+NEWLINE_ID = SYMBOL_IDS["\n"]
 FIRST_BYTE_ID = 3 + len(USER_DEFINED_SYMBOLS)  # <0x00>
 NUM_RESERVED = FIRST_BYTE_ID + 256  # ids below this are never learned pieces
+
+
+def escape_reserved_ids(ids: list[int]) -> list[int]:
+    """Replaces reserved symbols that came from raw text by their UTF-8 bytes.
+
+    SentencePiece matches user-defined symbols anywhere in its input, so a text
+    that literally contains "<image>" would otherwise yield a placeholder id.
+    Text is always encoded through this; only the interleaver emits real
+    placeholder and marker ids. Decoding the result gives the text back.
+    """
+    out = []
+    for i in ids:
+        if 3 <= i < NEWLINE_ID:
+            out.extend(FIRST_BYTE_ID + b for b in USER_DEFINED_SYMBOLS[i - 3].encode("utf-8"))
+        else:
+            out.append(i)
+    return out

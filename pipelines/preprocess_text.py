@@ -1,0 +1,138 @@
+r"""Beam job: plain text / JSONL documents -> tokenized SeqIO cache.
+
+    python -m pipelines.preprocess_text \
+        --input=../shared/data/text/gutenberg/11-0.txt --input=... \
+        --cache_dir=/tmp/cache --task=tapestry_text \
+        --validation_fraction=0.02
+
+Each document is cut at paragraph boundaries into chunks of at most
+`--max_chars` characters (a book is far longer than a training row), each
+chunk is one example; a deterministic hash of (document id, chunk index) sends
+`--validation_fraction` of the chunks to the `validation` split, the rest to
+`--split` (default `train`). Examples, per DESIGN.md's example contract:
+
+    targets               int32 [T]  SentencePiece ids (reserved symbols escaped), no EOS
+    targets_pretokenized  string     the chunk's exact text (bits-per-byte needs its bytes)
+    source_id             string     "<document id>#<chunk index>"
+    source_path           string     the file it came from
+
+The tokenizer is loaded once per worker in `DoFn.setup()`. Local runs use the
+FnApiRunner in parallel processes (pipelines/beam_options.py); any other runner
+is chosen by the standard `--runner` flags.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import logging
+import os
+import sys
+import time
+from typing import Iterator, Sequence
+
+import apache_beam as beam
+import numpy as np
+from apache_beam.io import fileio
+
+from pipelines import beam_options, seqio_cache, special_tokens, text_io
+
+DEFAULT_VOCAB = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "tasks", "vocab", "tapestry_8k.model")
+
+TEXT_FEATURES = {
+    "targets": seqio_cache.FeatureSpec("int32", [None]),
+    "targets_pretokenized": seqio_cache.FeatureSpec("string", []),
+    "source_id": seqio_cache.FeatureSpec("string", []),
+    "source_path": seqio_cache.FeatureSpec("string", []),
+}
+
+
+def assign_split(source_id: str, validation_fraction: float, train_split: str) -> str:
+    digest = hashlib.blake2b(source_id.encode("utf-8"), digest_size=8).digest()
+    return "validation" if int.from_bytes(digest, "little") < validation_fraction * 2**64 else train_split
+
+
+def chunk_documents(readable_file, max_chars: int) -> Iterator[dict]:
+    """One file -> chunk records {source_id, source_path, text}."""
+    path = readable_file.metadata.path
+    for doc_id, text in text_io.read_documents_from_file(path, readable_file.read()):
+        for i, chunk in enumerate(text_io.split_into_chunks(text, max_chars)):
+            if chunk.strip():
+                yield {"source_id": f"{doc_id}#{i}", "source_path": path, "text": chunk}
+
+
+class TokenizeDoFn(beam.DoFn):
+    """Chunk records -> examples with `targets`; batched for SentencePiece."""
+
+    def __init__(self, vocab_path: str):
+        self._vocab_path = vocab_path
+
+    def setup(self):
+        import sentencepiece as spm  # pylint: disable=g-import-not-at-top
+
+        self._sp = spm.SentencePieceProcessor(model_file=self._vocab_path)
+        self._tokens = beam.metrics.Metrics.counter("preprocess_text", "tokens")
+
+    def process(self, batch: list[dict]):
+        for record, ids in zip(batch, self._sp.encode([r["text"] for r in batch])):
+            ids = special_tokens.escape_reserved_ids(ids)
+            self._tokens.inc(len(ids))
+            yield {
+                "targets": np.asarray(ids, dtype=np.int32),
+                "targets_pretokenized": record["text"],
+                "source_id": record["source_id"],
+                "source_path": record["source_path"],
+            }
+
+
+def build(pipeline, inputs: Sequence[str], cache_dir: str, task: str, vocab: str, *,
+          split: str = "train", validation_fraction: float = 0.0, max_chars: int = 4000, num_shards: int = 4):
+    """Adds the job to `pipeline`; returns {split: stats PCollection}."""
+    splits = [split] + (["validation"] if validation_fraction > 0 else [])
+    examples = (
+        pipeline
+        | "Files" >> beam.Create(text_io.expand_patterns(inputs))
+        | "Match" >> fileio.MatchAll()
+        | "Open" >> fileio.ReadMatches()
+        | "Chunk" >> beam.FlatMap(chunk_documents, max_chars)
+        | "Reshuffle" >> beam.Reshuffle()
+        | "Batch" >> beam.BatchElements(min_batch_size=8, max_batch_size=256)
+        | "Tokenize" >> beam.ParDo(TokenizeDoFn(vocab))
+    )
+    by_split = examples | "Split" >> beam.Partition(
+        lambda ex, n: splits.index(assign_split(ex["source_id"], validation_fraction, split)), len(splits))
+    return {
+        name: by_split[i] | f"Write_{name}" >> seqio_cache.WriteSeqioCache(
+            cache_dir, task, name, TEXT_FEATURES, num_shards=num_shards)
+        for i, name in enumerate(splits)
+    }
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--input", action="append", required=True, help="file, directory or glob; repeatable")
+    parser.add_argument("--cache_dir", required=True)
+    parser.add_argument("--task", default="tapestry_text", help="task name (its cache dir under --cache_dir)")
+    parser.add_argument("--vocab", default=DEFAULT_VOCAB, help="SentencePiece model")
+    parser.add_argument("--split", default="train")
+    parser.add_argument("--validation_fraction", type=float, default=0.0)
+    parser.add_argument("--max_chars", type=int, default=4000, help="longest chunk of a document, in characters")
+    parser.add_argument("--num_shards", type=int, default=4)
+    args, beam_args = parser.parse_known_args(argv)
+    try:
+        text_io.expand_patterns(args.input)
+    except FileNotFoundError as e:
+        parser.error(str(e))
+    if not os.path.exists(args.vocab) and "://" not in args.vocab:
+        parser.error(f"--vocab {args.vocab} does not exist")
+    start = time.time()
+    with beam.Pipeline(options=beam_options.pipeline_options(beam_args)) as p:
+        build(p, args.input, args.cache_dir, args.task, args.vocab, split=args.split,
+              validation_fraction=args.validation_fraction, max_chars=args.max_chars, num_shards=args.num_shards)
+    task_dir = seqio_cache.task_cache_dir(args.cache_dir, args.task)
+    print(f"wrote {task_dir} in {time.time() - start:.1f}s")
+
+
+if __name__ == "__main__":
+    logging.basicConfig(level=logging.WARNING)
+    main(sys.argv[1:])
