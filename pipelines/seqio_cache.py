@@ -34,6 +34,8 @@ import apache_beam as beam
 import numpy as np
 from apache_beam.io.filesystems import FileSystems
 
+from pipelines import tf_example
+
 SEQIO_VERSION_TAG = "0.0.20"  # info.json "seqio_version": dtypes are stored as declared.
 
 _INT_DTYPES = ("int32", "int64", "bool")
@@ -65,9 +67,7 @@ def task_cache_dir(cache_dir: str, task_name: str) -> str:
 
 def to_tf_example(example: Mapping[str, Any], features: Mapping[str, FeatureSpec]) -> bytes:
     """Serialises one example as a tf.train.Example with the declared features."""
-    from tensorflow.core.example import example_pb2  # pylint: disable=g-import-not-at-top
-
-    proto = example_pb2.Example()
+    proto = tf_example.example_class()()
     missing = set(features) - set(example)
     if missing:
         raise KeyError(f"example lacks declared features {sorted(missing)}")

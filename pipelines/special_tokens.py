@@ -58,6 +58,8 @@ def escape_reserved_ids(ids: list[int]) -> list[int]:
     Text is always encoded through this; only the interleaver emits real
     placeholder and marker ids. Decoding the result gives the text back.
     """
+    if not any(3 <= i < NEWLINE_ID for i in ids):
+        return ids
     out = []
     for i in ids:
         if 3 <= i < NEWLINE_ID:
