@@ -1,0 +1,102 @@
+"""Settings of the multimodal preprocessing job, and the bad-input taxonomy.
+
+One frozen dataclass carries every knob the decoders and the interleaver read;
+the Beam job builds it from its command-line options, tests and the benchmark
+build it directly. Defaults follow common front ends (ViT-B/16 at 224 px, 25 ms
+/ 10 ms / 80-bin log-mel at 16 kHz, Gemini's 1 frame per second for video).
+"""
+import dataclasses
+
+from pipelines import media_slots
+
+
+@dataclasses.dataclass(frozen=True)
+class MediaConfig:
+    """What every media item is normalised to, and the guards against bad input."""
+    # Images: square `image_size` RGB, aspect kept, padded with `pad_value` (letterbox).
+    image_size: int = 224
+    image_patch_size: int = 16
+    pad_value: int = 0
+    max_image_pixels: int = 64_000_000  # decompression-bomb guard (header size, before decoding)
+    # Audio: 16 kHz mono -> log-mel [T, n_mels]; long audio is split into segments.
+    sample_rate: int = 16_000
+    window_ms: float = 25.0
+    hop_ms: float = 10.0
+    n_mels: int = 80
+    max_audio_seconds: float = 30.0  # segment length; a longer clip becomes several audio items
+    audio_subsampling: int = media_slots.AUDIO_SUBSAMPLING
+    # Video: frames sampled at `video_fps` (first frame at t=0), at most `max_video_frames`,
+    # each normalised like an image to `video_frame_size`.
+    video_fps: float = 1.0
+    max_video_frames: int = 16
+    video_frame_size: int = 112
+    video_patch_size: int = 16
+    keep_video_audio: bool = False  # keep the audio track as an audio item right after the video
+    # Files and documents.
+    max_file_bytes: int = 512 * 1024 * 1024
+    max_media_seconds: float = 3600.0
+    drop_bad_parts: bool = False  # False: a document with one bad part is dead-lettered whole
+
+    def __post_init__(self):
+        media_slots.image_slots(self.image_size, self.image_patch_size)
+        media_slots.video_slots(1, self.video_frame_size, self.video_patch_size)
+        for name in ("sample_rate", "n_mels", "max_video_frames", "max_file_bytes", "max_image_pixels"):
+            if getattr(self, name) <= 0:
+                raise ValueError(f"MediaConfig.{name} must be positive, got {getattr(self, name)}")
+        for name in ("window_ms", "hop_ms", "max_audio_seconds", "video_fps"):
+            if getattr(self, name) <= 0:
+                raise ValueError(f"MediaConfig.{name} must be positive, got {getattr(self, name)}")
+        if not 0 <= self.pad_value <= 255:
+            raise ValueError(f"MediaConfig.pad_value must be in 0..255, got {self.pad_value}")
+        if self.hop_length > self.win_length:
+            raise ValueError(f"hop_ms ({self.hop_ms}) must not exceed window_ms ({self.window_ms})")
+
+    @property
+    def win_length(self) -> int:
+        return round(self.sample_rate * self.window_ms / 1000)
+
+    @property
+    def hop_length(self) -> int:
+        return round(self.sample_rate * self.hop_ms / 1000)
+
+    @property
+    def max_audio_samples(self) -> int:
+        return int(self.max_audio_seconds * self.sample_rate)
+
+    @property
+    def max_audio_frames(self) -> int:
+        """Log-mel frames of the longest segment (center=True framing)."""
+        return 1 + self.max_audio_samples // self.hop_length
+
+    def image_slots(self) -> int:
+        return media_slots.image_slots(self.image_size, self.image_patch_size)
+
+    def video_slots(self, n_frames: int) -> int:
+        return media_slots.video_slots(n_frames, self.video_frame_size, self.video_patch_size)
+
+    def audio_slots(self, n_frames: int) -> int:
+        return media_slots.audio_slots(n_frames, self.audio_subsampling)
+
+
+# Why an input was rejected. Every dead letter carries one of these.
+REASONS = (
+    "missing_file",   # path/URI does not exist
+    "unreadable",     # exists but cannot be read (permissions, I/O error)
+    "empty",          # zero bytes, zero samples, zero frames, no text
+    "truncated",      # the decoder ran out of data mid-stream
+    "corrupt",        # the decoder rejected the bytes
+    "oversize",       # bigger than a configured guard (bytes, pixels, duration)
+    "unsupported",    # a format, codec or part kind we do not handle
+    "bad_record",     # a manifest/annotation record that cannot be parsed
+)
+
+
+class BadInput(Exception):
+    """A record or media item that cannot be used; `reason` is one of REASONS."""
+
+    def __init__(self, reason: str, detail: str):
+        if reason not in REASONS:
+            raise ValueError(f"unknown dead-letter reason {reason!r}; use one of {REASONS}")
+        super().__init__(f"{reason}: {detail}")
+        self.reason = reason
+        self.detail = detail

@@ -1,0 +1,93 @@
+"""Video: bytes in any container/codec FFmpeg reads -> uint8 frames [F, S, S, 3].
+
+PyAV decodes the first video stream in order; a frame is kept when its
+presentation time reaches the next sampling instant 0, 1/fps, 2/fps, ...
+(default 1 fps, as Gemini does), up to `max_video_frames` frames (so at most
+max_video_frames / fps seconds of a long video are seen). Each kept frame is
+normalised exactly like an image (aspect-preserving resize, letterbox pad) to
+`video_frame_size`. With `keep_video_audio`, the first audio track over the same
+span becomes log-mel segments (see audio_decode); a video without audio simply
+has none.
+"""
+import dataclasses
+import io
+
+import numpy as np
+
+from pipelines import audio_decode
+from pipelines.media_config import BadInput, MediaConfig
+
+
+@dataclasses.dataclass
+class DecodedVideo:
+    frames: np.ndarray          # uint8 [F, S, S, 3]
+    seconds: float              # span covered by the sampled frames (F / fps)
+    audio: list[np.ndarray]     # float16 [T, n_mels] per segment; empty unless keep_video_audio
+
+
+def _letterbox_frame(frame, size: int, pad_value: int) -> np.ndarray:
+    w, h = frame.width, frame.height
+    scale = size / max(w, h)
+    nw, nh = max(1, round(w * scale)), max(1, round(h * scale))
+    rgb = frame.to_ndarray(width=nw, height=nh, format="rgb24")  # swscale, bicubic
+    out = np.full((size, size, 3), pad_value, dtype=np.uint8)
+    top, left = (size - nh) // 2, (size - nw) // 2
+    out[top:top + nh, left:left + nw] = rgb
+    return out
+
+
+def sample_frames(data: bytes, cfg: MediaConfig, what: str = "video") -> tuple[np.ndarray, float]:
+    """Encoded video -> (uint8 [F, S, S, 3] frames at cfg.video_fps, seconds covered)."""
+    import av
+    frames = []
+    step = 1.0 / cfg.video_fps
+    next_t = 0.0
+    try:
+        with av.open(io.BytesIO(data)) as container:
+            if not container.streams.video:
+                raise BadInput("unsupported", f"{what}: no video stream")
+            stream = container.streams.video[0]
+            if stream.duration is not None and stream.time_base is not None:
+                if float(stream.duration * stream.time_base) > cfg.max_media_seconds:
+                    raise BadInput("oversize", f"{what}: longer than {cfg.max_media_seconds:.0f} s")
+            rate = float(stream.average_rate or stream.guessed_rate or 25)
+            start = None
+            for i, frame in enumerate(container.decode(stream)):
+                t = frame.time if frame.time is not None else i / rate
+                start = t if start is None else start
+                if t - start + 1e-6 >= next_t:
+                    frames.append(_letterbox_frame(frame, cfg.video_frame_size, cfg.pad_value))
+                    next_t += step
+                    if len(frames) >= cfg.max_video_frames:
+                        break
+    except BadInput:
+        raise
+    except Exception as e:  # noqa: BLE001 - FFmpeg errors: classify
+        msg = str(e)
+        low = msg.lower()
+        if "invalid data" in low and not frames:
+            reason = "corrupt"
+        elif "truncat" in low or "end of file" in low or frames:
+            reason = "truncated"
+        else:
+            reason = "corrupt"
+        raise BadInput(reason, f"{what}: {type(e).__name__}: {msg}") from None
+    if not frames:
+        raise BadInput("empty", f"{what}: no decodable frames")
+    return np.stack(frames), len(frames) * step
+
+
+def decode_video(data: bytes, cfg: MediaConfig, what: str = "video") -> DecodedVideo:
+    frames, seconds = sample_frames(data, cfg, what)
+    audio: list[np.ndarray] = []
+    if cfg.keep_video_audio:
+        try:
+            x, _ = audio_decode._decode_with_av(data, cfg.sample_rate)
+        except BadInput:
+            x = np.zeros([0, 1], np.float32)  # no audio track: the video stands alone
+        except Exception as e:  # noqa: BLE001
+            raise BadInput("corrupt", f"{what}: audio track: {e}") from None
+        wave = x[: int(seconds * cfg.sample_rate), 0]
+        if wave.shape[0]:
+            audio = [audio_decode.log_mel(s, cfg) for s in audio_decode.split_segments(wave, cfg)]
+    return DecodedVideo(frames=frames, seconds=seconds, audio=audio)
