@@ -1,0 +1,168 @@
+"""DecoderOnlyModel: the API the trainer, eval and decoding use.
+
+The batch (numpy or jax dict; SeqIO decoder names), e.g. two packed rows of L=6:
+
+    decoder_input_tokens  [[0, 4, 3, 3, 5, 17], [0, 20, 21, 0, 22, 0]]  (shifted right)
+    decoder_target_tokens [[4, 3, 3, 5, 17, 1], [20, 21, 1, 22, 1, 0]]
+    decoder_loss_weights  [[0, 0, 0, 0, 1, 1], [1, 1, 1, 1, 1, 0]]
+    decoder_segment_ids   [[1, 1, 1, 1, 1, 1], [1, 1, 1, 2, 2, 0]]    (0 = padding)
+    decoder_positions     [[0, 1, 2, 3, 4, 5], [0, 1, 2, 0, 1, 0]]
+    images [B, Mi, H, W, 3] uint8, image_mask [B, Mi]           (optional)
+    audio [B, Ma, T, mels], audio_lengths [B, Ma]                (optional)
+    videos [B, Mv, F, H, W, 3] uint8, video_lengths [B, Mv]      (optional)
+
+Row 0 holds one image of K=2 slots (<begin_image>=4, <image>=3 x2, <end_image>=5).
+Loss is mean cross-entropy over weighted targets, never on placeholder targets,
+plus z-loss and the MoE auxiliary losses.
+"""
+from __future__ import annotations
+
+from typing import Any, Mapping
+
+import gin
+import jax
+import jax.numpy as jnp
+
+from model import flops as flops_lib
+from model.config import PLACEHOLDER_IDS, TransformerConfig
+from model.encoders import MEDIA_KEYS
+from model.transformer import Transformer
+
+Batch = Mapping[str, Any]
+Params = Any
+TEXT_KEYS = ("decoder_input_tokens", "decoder_target_tokens", "decoder_loss_weights",
+             "decoder_segment_ids", "decoder_positions")
+
+
+def media_inputs(batch: Batch) -> dict[str, dict[str, jax.Array]]:
+    """The media arrays present in a batch, grouped by modality."""
+    out = {}
+    for modality, (data_key, aux_key) in MEDIA_KEYS.items():
+        if data_key in batch:
+            if aux_key not in batch:
+                raise KeyError(f"batch has {data_key!r} but not {aux_key!r}")
+            out[modality] = {data_key: jnp.asarray(batch[data_key]),
+                             aux_key: jnp.asarray(batch[aux_key])}
+    return out
+
+
+def _text_inputs(batch: Batch) -> tuple[jax.Array, jax.Array, jax.Array]:
+    tokens = jnp.asarray(batch["decoder_input_tokens"], jnp.int32)
+    if "decoder_segment_ids" in batch:
+        segments = jnp.asarray(batch["decoder_segment_ids"], jnp.int32)
+    else:
+        segments = (tokens != 0).astype(jnp.int32).at[:, 0].set(1)
+    if "decoder_positions" in batch:
+        positions = jnp.asarray(batch["decoder_positions"], jnp.int32)
+    else:
+        positions = jnp.broadcast_to(jnp.arange(tokens.shape[1], dtype=jnp.int32), tokens.shape)
+    return tokens, segments, positions
+
+
+def text_loss_weights(batch: Batch) -> jax.Array:
+    """decoder_loss_weights with every placeholder target forced to 0 (float32 [B, L])."""
+    targets = jnp.asarray(batch["decoder_target_tokens"], jnp.int32)
+    weights = jnp.asarray(batch.get("decoder_loss_weights", targets != 0), jnp.float32)
+    for pid in PLACEHOLDER_IDS.values():
+        weights = jnp.where(targets == pid, 0.0, weights)
+    return weights
+
+
+@gin.configurable
+class DecoderOnlyModel:
+    """Multimodal (MoE) decoder-only LM; stateless, all methods are jit-friendly."""
+
+    def __init__(self, config: TransformerConfig):
+        if not isinstance(config, TransformerConfig):
+            raise TypeError(f"config must be a TransformerConfig (got {type(config).__name__}); "
+                            "in gin: DecoderOnlyModel.config = @model_config()")
+        self.config = config
+
+    def module(self, *, train: bool = False, mode: str = "full", cache_len: int = 0
+               ) -> Transformer:
+        return Transformer(self.config, train=train, mode=mode, cache_len=cache_len)
+
+    # -- parameters ---------------------------------------------------------
+    def init(self, rng: jax.Array, batch: Batch) -> Params:
+        """Parameters (boxed nn.Partitioned with logical axis names) for batch's shapes."""
+        tokens, segments, positions = _text_inputs(batch)
+        media = media_inputs(batch)
+        media.update({m: v for m, v in self.dummy_media(tokens.shape[0]).items()
+                      if m not in media})
+        variables = self.module(train=False).init(rng, tokens, segments, positions,
+                                                  media or None)
+        return variables["params"]
+
+    def dummy_media(self, batch_size: int) -> dict[str, dict[str, jax.Array]]:
+        """One empty item per row for every configured encoder (so init makes its params)."""
+        cfg, b = self.config, batch_size
+        out = {}
+        if cfg.image is not None:
+            s = cfg.image.image_size
+            out["image"] = {"images": jnp.zeros((b, 1, s, s, 3), jnp.uint8),
+                            "image_mask": jnp.zeros((b, 1), bool)}
+        if cfg.video is not None:
+            s, f = cfg.video.image_size, cfg.video.num_frames
+            out["video"] = {"videos": jnp.zeros((b, 1, f, s, s, 3), jnp.uint8),
+                            "video_lengths": jnp.zeros((b, 1), jnp.int32)}
+        if cfg.audio is not None:
+            out["audio"] = {"audio": jnp.zeros((b, 1, 4, cfg.audio.num_mels), jnp.float32),
+                            "audio_lengths": jnp.zeros((b, 1), jnp.int32)}
+        return out
+
+    def param_counts(self) -> tuple[int, int]:
+        """(total, active per token) parameter counts, from the config."""
+        return flops_lib.param_counts(self.config)
+
+    def flops_per_token(self, seq_len: int | None = None) -> float:
+        """Training FLOPs per text token (6 x active matmul params + causal attention)."""
+        return flops_lib.flops_per_token(self.config, seq_len or self.config.max_len)
+
+    # -- forward ------------------------------------------------------------
+    def logits(self, params: Params, batch: Batch, *, train: bool = False
+               ) -> tuple[jax.Array, list[dict[str, jax.Array]]]:
+        """Full forward: (logits [B, L, V] float32, per-MoE-layer metrics)."""
+        tokens, segments, positions = _text_inputs(batch)
+        return self.module(train=train).apply({"params": params}, tokens, segments, positions,
+                                              media_inputs(batch) or None)
+
+    def loss_fn(self, params: Params, batch: Batch, rng: jax.Array | None = None, *,
+                train: bool = True) -> tuple[jax.Array, dict[str, jax.Array]]:
+        """(loss, metrics): weighted mean CE + z-loss + MoE aux and router z losses."""
+        del rng  # no dropout / router noise
+        cfg = self.config
+        logits, moe_metrics = self.logits(params, batch, train=train)
+        targets = jnp.asarray(batch["decoder_target_tokens"], jnp.int32)
+        weights = text_loss_weights(batch)
+        lse = jax.nn.logsumexp(logits, axis=-1)
+        target_logit = jnp.take_along_axis(logits, targets[..., None], axis=-1)[..., 0]
+        num_tokens = jnp.sum(weights)
+        denom = jnp.maximum(num_tokens, 1.0)
+        cross_entropy = jnp.sum((lse - target_logit) * weights) / denom
+        z_loss = jnp.sum(lse ** 2 * weights) / denom
+        correct = (jnp.argmax(logits, axis=-1) == targets).astype(jnp.float32)
+        accuracy = jnp.sum(correct * weights) / denom
+        moe_aux = jnp.zeros((), jnp.float32)
+        moe_z = jnp.zeros((), jnp.float32)
+        metrics: dict[str, jax.Array] = {}
+        for i, m in enumerate(moe_metrics):
+            moe_aux = moe_aux + m["aux_loss"]
+            moe_z = moe_z + m["router_z_loss"]
+            for key in ("expert_usage", "drop_fraction", "router_confidence"):
+                metrics[f"moe_layer_{i}/{key}"] = m[key]
+        n_moe = max(len(moe_metrics), 1)
+        moe_aux, moe_z = moe_aux / n_moe, moe_z / n_moe
+        loss = cross_entropy + cfg.z_loss_coef * z_loss
+        if cfg.moe is not None:
+            loss = loss + cfg.moe.aux_loss_coef * moe_aux + cfg.moe.router_z_loss_coef * moe_z
+        metrics.update(loss=loss, cross_entropy=cross_entropy, z_loss=z_loss,
+                       moe_aux_loss=moe_aux, moe_z_loss=moe_z, accuracy=accuracy,
+                       num_tokens=num_tokens)
+        return loss, metrics
+
+    def score_batch(self, params: Params, batch: Batch) -> jax.Array:
+        """[B, L] float32 log p(decoder_target_tokens) (eval-mode capacity; mask with weights)."""
+        logits, _ = self.logits(params, batch, train=False)
+        targets = jnp.asarray(batch["decoder_target_tokens"], jnp.int32)
+        logp = jnp.take_along_axis(logits, targets[..., None], axis=-1)[..., 0]
+        return logp - jax.nn.logsumexp(logits, axis=-1)

@@ -1,0 +1,167 @@
+"""Mixture-of-experts feed-forward: float32 top-k router, two dispatch paths.
+
+Routing: logits = x W_r in float32; the k largest logits per token are chosen
+and their gates are softmax over those k. Losses (returned unscaled):
+  aux    = E^2 * mean_e(f_e * P_e), f_e = share of routed assignments to expert e,
+           P_e = mean full-softmax router probability of e (1.0 when balanced);
+  z      = mean_t logsumexp(logits_t)^2.
+Padding tokens (token_mask False) are not routed and count nowhere.
+
+Dispatch paths behind one interface:
+  'capacity': per group (one batch row), assignments are ranked choice-major
+     (all first choices before any second choice, then by position) and the
+     first C per expert kept, C = ceil(cf * T * k / E); kept tokens are gathered
+     into [B, E, C, D] buffers, experts run as one batched einsum, results are
+     gathered back and gate-weighted. Overflow is dropped (the residual carries
+     the token). Gathers instead of one-hot dispatch einsums: O(T*k*D), not O(T*E*C*D).
+  'dropless': assignments sorted by expert and run through
+     `jax.lax.ragged_dot` (grouped matmul); nothing is dropped. On CPU
+     ragged_dot lowers to a dense masked product (~E x FLOPs): use on GPU.
+
+Legend: B batch (groups), T tokens per group, D model width, E experts,
+C capacity per expert and group, F expert hidden, K top-k, A assignments (B*T*K).
+"""
+from __future__ import annotations
+
+import math
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from model.layers import Dtype, SwiGLU, constrain, default_init, param_with_axes
+
+DISPATCH_MODES = ("capacity", "dropless")
+
+
+def route(logits: jax.Array, top_k: int) -> tuple[jax.Array, jax.Array, jax.Array]:
+    """logits [..., E] float32 -> (experts [..., K] int32, gates [..., K], probs [..., E])."""
+    probs = jax.nn.softmax(logits, axis=-1)
+    top_logits, experts = jax.lax.top_k(logits, top_k)
+    gates = jax.nn.softmax(top_logits, axis=-1)
+    return experts.astype(jnp.int32), gates, probs
+
+
+def load_balance_loss(experts: jax.Array, probs: jax.Array, token_mask: jax.Array
+                      ) -> tuple[jax.Array, jax.Array]:
+    """(E^2 * mean_e(f_e * P_e), f [E]) over valid tokens. experts [..., K], probs [..., E]."""
+    num_experts = probs.shape[-1]
+    m = token_mask.astype(jnp.float32)
+    counts = jnp.sum(jax.nn.one_hot(experts, num_experts, dtype=jnp.float32)
+                     * m[..., None, None], axis=tuple(range(experts.ndim)))  # [E]
+    f = counts / jnp.maximum(counts.sum(), 1.0)
+    p = jnp.sum(probs * m[..., None], axis=tuple(range(probs.ndim - 1))) / jnp.maximum(
+        m.sum(), 1.0)
+    return num_experts ** 2 * jnp.mean(f * p), f
+
+
+def capacity_slots(experts: jax.Array, token_mask: jax.Array, num_experts: int,
+                   capacity: int) -> tuple[jax.Array, jax.Array]:
+    """Buffer slot per assignment: experts [B,T,K] -> (slot [B,T,K] in [0, E*C], kept [B,T,K]).
+
+    Slot E*C is the "dropped" sink. Priority is choice-major, then position.
+    """
+    b, t, k = experts.shape
+    valid = jnp.broadcast_to(token_mask[..., None], experts.shape)
+    onehot = jax.nn.one_hot(jnp.where(valid, experts, num_experts), num_experts,
+                            dtype=jnp.int32)  # [B,T,K,E]; invalid rows all zero
+    order = jnp.swapaxes(onehot, 1, 2).reshape(b, k * t, num_experts)  # choice-major
+    position = jnp.cumsum(order, axis=1) - 1  # rank within the expert
+    position = jnp.sum(position * order, axis=-1).reshape(b, k, t).swapaxes(1, 2)  # [B,T,K]
+    kept = valid & (position < capacity)
+    slot = jnp.where(kept, experts * capacity + position, num_experts * capacity)
+    return slot.astype(jnp.int32), kept
+
+
+def expert_init(key: jax.Array, shape: tuple[int, ...], dtype) -> jax.Array:
+    """lecun_normal per expert on the flattened [in, out] matrix of shape [E, in, *out]."""
+    out = math.prod(shape[2:])
+    keys = jax.random.split(key, shape[0])
+    return jax.vmap(lambda k: default_init(k, (shape[1], out), dtype))(keys).reshape(shape)
+
+
+class MoE(nn.Module):
+    """Top-k routed SwiGLU experts (+ optional always-on shared experts)."""
+    num_experts: int
+    top_k: int
+    hidden: int
+    num_shared_experts: int = 0
+    shared_hidden: int = 0
+    capacity_factor: float = 1.25
+    dispatch: str = "capacity"
+    dtype: Dtype = jnp.float32
+    param_dtype: Dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, x: jax.Array, token_mask: jax.Array
+                 ) -> tuple[jax.Array, dict[str, jax.Array]]:
+        """x [B,T,D], token_mask [B,T] bool -> (y [B,T,D], metrics)."""
+        if self.dispatch not in DISPATCH_MODES:
+            raise ValueError(f"MoE.dispatch={self.dispatch!r}: choose one of {DISPATCH_MODES}")
+        b, t, d = x.shape
+        e, f = self.num_experts, self.hidden
+        w_router = param_with_axes(self, "router", default_init, (d, e), ("embed", None),
+                                   jnp.float32)
+        logits = jnp.einsum("BTD,DE->BTE", x.astype(jnp.float32), w_router)
+        experts, gates, probs = route(logits, self.top_k)
+        aux, usage = load_balance_loss(experts, probs, token_mask)
+        m = token_mask.astype(jnp.float32)
+        denom = jnp.maximum(m.sum(), 1.0)
+        z = jnp.sum(jax.nn.logsumexp(logits, axis=-1) ** 2 * m) / denom
+        confidence = jnp.sum(probs.max(-1) * m) / denom
+
+        wi = param_with_axes(self, "wi", expert_init, (e, d, 2, f), ("expert", "embed", None, "mlp"),
+                             self.param_dtype).astype(self.dtype)
+        wo = param_with_axes(self, "wo", expert_init, (e, f, d), ("expert", "mlp", "embed"),
+                             self.param_dtype).astype(self.dtype)
+        xc = x.astype(self.dtype)
+        if self.dispatch == "capacity":
+            y, kept = self._capacity(xc, experts, gates, token_mask, wi, wo)
+            total = jnp.maximum(jnp.sum(m) * self.top_k, 1.0)
+            dropped = 1.0 - jnp.sum(kept.astype(jnp.float32)) / total
+        else:
+            y = self._dropless(xc, experts, gates, token_mask, wi, wo)
+            dropped = jnp.zeros((), jnp.float32)
+        if self.num_shared_experts:
+            shared = self.num_shared_experts * (self.shared_hidden or self.hidden)
+            y = y + SwiGLU(shared, self.dtype, self.param_dtype, name="shared")(x)
+        metrics = {"aux_loss": aux, "router_z_loss": z, "expert_usage": usage,
+                   "drop_fraction": dropped, "router_confidence": confidence}
+        return y.astype(x.dtype), metrics
+
+    def _capacity(self, x, experts, gates, token_mask, wi, wo):
+        b, t, d = x.shape
+        e = self.num_experts
+        c = max(1, math.ceil(self.capacity_factor * t * self.top_k / e))
+        slot, kept = capacity_slots(experts, token_mask, e, c)
+        # Which token fills each buffer slot (T = empty -> zero row).
+        rows = jnp.arange(b)[:, None, None]
+        src = jnp.full((b, e * c + 1), t, jnp.int32)
+        src = src.at[rows, slot].set(jnp.broadcast_to(jnp.arange(t)[None, :, None], slot.shape))
+        x_pad = jnp.concatenate([x, jnp.zeros((b, 1, d), x.dtype)], axis=1)
+        xb = jnp.take_along_axis(x_pad, src[:, :e * c, None], axis=1).reshape(b, e, c, d)
+        xb = constrain(xb, ("batch", "expert", None, "embed"))
+        h = jnp.einsum("BECD,EDGF->BECGF", xb, wi)
+        h = nn.silu(h[..., 0, :]) * h[..., 1, :]
+        yb = jnp.einsum("BECF,EFD->BECD", h, wo)
+        yb = constrain(yb, ("batch", "expert", None, "embed"))
+        y_pad = jnp.concatenate([yb.reshape(b, e * c, d), jnp.zeros((b, 1, d), yb.dtype)], 1)
+        ya = jnp.take_along_axis(y_pad, slot.reshape(b, t * self.top_k, 1), axis=1)
+        ya = ya.reshape(b, t, self.top_k, d)
+        y = jnp.einsum("BTKD,BTK->BTD", ya, (gates * kept).astype(ya.dtype))
+        return y, kept
+
+    def _dropless(self, x, experts, gates, token_mask, wi, wo):
+        b, t, d = x.shape
+        e, k, f = self.num_experts, self.top_k, self.hidden
+        flat = jnp.where(token_mask[..., None], experts, e).reshape(-1)  # [A]; e = unrouted
+        order = jnp.argsort(flat, stable=True)
+        group_sizes = jnp.bincount(flat, length=e + 1)[:e].astype(jnp.int32)
+        xs = x.reshape(b * t, d)[order // k]  # [A, D]
+        h = jax.lax.ragged_dot(xs, wi.reshape(e, d, 2 * f), group_sizes)
+        h = h.reshape(-1, 2, f)
+        h = nn.silu(h[:, 0]) * h[:, 1]
+        ys = jax.lax.ragged_dot(h, wo, group_sizes)  # rows past sum(group_sizes) are 0
+        ya = jnp.zeros_like(ys).at[order].set(ys).reshape(b, t, k, d)
+        g = gates * token_mask[..., None]
+        return jnp.einsum("BTKD,BTK->BTD", ya, g.astype(ya.dtype))
