@@ -1,0 +1,384 @@
+"""Beam job: the generated multimodal corpus of the demo, written as real-data manifests.
+
+    python -m pipelines.generate_corpus --output_dir=/tmp/corpus --split=train --seed=0
+
+writes `<output_dir>/<split>/` (every path in a manifest is relative to it):
+
+    images/captions.jsonl        {"image": "img/000001.png", "caption": "a red circle on the left",
+                                  "colour": "red", "shape": "circle", "position": "left"}
+    speech/manifest.jsonl        {"audio": "audio/000001.wav", "text": "three four seven",
+                                  "sample_rate": 22050, "duration_s": 1.02, "voice": "en-us+f2", ...}
+    video_qa/<split>.csv         NExT-QA columns: video, frame_count, width, height, question,
+                                  answer (index of the right option), qid, type, a0..a4
+    video_qa/<split>_q.json      ActivityNet-QA [{"question", "question_id", "video_name"}]
+    video_qa/<split>_a.json      ActivityNet-QA [{"answer", "question_id", "type"}]
+    video_qa/v_motion000001.mp4  the videos, beside the annotations (both readers' default
+                                  file names: NExT-QA `{video}.mp4`, ActivityNet `v_{video}.mp4`)
+    interleaved/documents.jsonl  {"id": "interleaved-000001", "parts": [{"text"}, {"image": "media/..."}, ...]}
+    text/documents.jsonl         {"text": "..."}: generated, or whole paragraphs of --books when given
+    corpus_info.json             written last: config, counts, seconds (its presence = complete)
+
+Every video has one open-ended question (ActivityNet-QA, answer "left" / "right" /
+"up" / "down", type 0 = motion) and the same question as multiple choice
+(NExT-QA, the four directions and "it stays still", shuffled; type "TC").
+
+Demo sizes are the defaults (see `DEMO_SIZES`): per split, a few thousand
+examples of each kind for train and a few hundred for validation and test, small
+media (32 px images, 4 frames of 32 px at 1 fps, 3-4 spoken digits) so a tiny
+model learns every task within the demo's training budget. Examples are
+deterministic from (seed, split, kind, index) (`synthetic/seeding.py`), so the
+same flags give byte-identical files whatever the runner, worker count or
+order, and held-out splits draw from disjoint seeds.
+
+Beam: work items (kind, index) -> Reshuffle -> generate + write media (a DoFn
+per item, eSpeak loaded once per worker in `setup`) -> group by kind -> one
+manifest per kind, sorted by index. Local runs use the FnApiRunner with one
+process per core (`pipelines.beam_options`); `--runner=DataflowRunner ...`
+with a gs:// output_dir works through PipelineOptions alone.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import dataclasses
+import io
+import json
+import logging
+import os
+import shutil
+import sys
+import time
+from typing import Iterable, Iterator, Sequence
+
+import apache_beam as beam
+import numpy as np
+
+from pipelines import beam_options, media_io
+from pipelines.synthetic import interleaved, motion_video, seeding, shapes, speech, text
+
+KINDS = ("image", "speech", "video", "interleaved", "text")
+INFO_FILE = "corpus_info.json"
+# Demo sizes per split: (images, speech, videos, interleaved documents, text documents).
+DEMO_SIZES = {
+    "train": {"image": 3000, "speech": 4000, "video": 3000, "interleaved": 1000, "text": 2000},
+    "validation": {"image": 200, "speech": 200, "video": 200, "interleaved": 100, "text": 100},
+    "test": {"image": 300, "speech": 300, "video": 300, "interleaved": 100, "text": 100},
+}
+NEXTQA_COLUMNS = ("video", "frame_count", "width", "height", "question", "answer", "qid", "type",
+                  "a0", "a1", "a2", "a3", "a4")
+ACTIVITYNET_MOTION_TYPE = 0  # ActivityNet-QA question type 0 = Motion
+NEXTQA_TYPE = "TC"           # NExT-QA "temporal current": what is happening
+
+
+@dataclasses.dataclass(frozen=True)
+class CorpusConfig:
+    """What to generate; `counts` maps each kind to its number of examples."""
+    output_dir: str
+    split: str
+    seed: int = 0
+    counts: tuple[tuple[str, int], ...] = tuple(DEMO_SIZES["train"].items())
+    image_size: int = 32
+    frame_size: int = 32
+    num_frames: int = 4
+    fps: int = 1
+    num_digits: tuple[int, int] = speech.NUM_DIGITS
+    books: tuple[str, ...] = ()  # book files; when given, text documents come from them
+
+    def __post_init__(self):
+        if self.split not in seeding.SPLITS:
+            raise ValueError(f"--split must be one of {seeding.SPLITS}, got {self.split!r}")
+        if self.seed < 0:
+            raise ValueError(f"--seed must be >= 0, got {self.seed}")
+        unknown = set(dict(self.counts)) - set(KINDS)
+        if unknown:
+            raise ValueError(f"unknown kinds {sorted(unknown)} in counts; use {KINDS}")
+        for kind, n in self.counts:
+            if n < 0:
+                raise ValueError(f"--num_{kind} must be >= 0, got {n}")
+        # Fail here, not on a worker: sample once with every size setting.
+        rng = np.random.default_rng(0)
+        shapes.sample_shape_spec(rng, self.image_size)
+        motion_video.sample_motion_spec(rng, self.frame_size, self.num_frames, self.fps)
+        speech.sample_speech_spec(rng, self.num_digits)
+
+    @classmethod
+    def demo(cls, output_dir: str, split: str, seed: int = 0, **overrides) -> "CorpusConfig":
+        """The demo's corpus for `split` (sizes from `DEMO_SIZES`)."""
+        if split not in DEMO_SIZES:
+            raise ValueError(f"split must be one of {tuple(DEMO_SIZES)}, got {split!r}")
+        return cls(output_dir=output_dir, split=split, seed=seed,
+                   counts=tuple(DEMO_SIZES[split].items()), **overrides)
+
+    @property
+    def split_dir(self) -> str:
+        return join(self.output_dir, self.split)
+
+    def count(self, kind: str) -> int:
+        return dict(self.counts).get(kind, 0)
+
+    def media_sizes(self) -> interleaved.MediaSizes:
+        return interleaved.MediaSizes(self.image_size, self.frame_size, self.num_frames, self.fps,
+                                      self.num_digits)
+
+    def to_json(self) -> dict:
+        d = dataclasses.asdict(self)
+        d["counts"] = dict(self.counts)
+        d["num_digits"] = list(self.num_digits)
+        d["books"] = list(self.books)
+        del d["output_dir"]
+        return d
+
+
+# ---------------------------------------------------------------- files
+
+
+def join(base: str, *parts: str) -> str:
+    if media_io.has_scheme(base):
+        return "/".join([base.rstrip("/"), *parts])
+    return os.path.join(base, *parts)
+
+
+def write_file(path: str, data: bytes) -> None:
+    """Writes `data` to a local path (parents created) or any Beam FileSystems URI."""
+    if media_io.has_scheme(path):
+        from apache_beam.io.filesystems import FileSystems
+        with FileSystems.create(path) as f:
+            f.write(data)
+        return
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    tmp = f"{path}.tmp-{os.getpid()}"
+    with open(tmp, "wb") as f:
+        f.write(data)
+    os.replace(tmp, path)
+
+
+def jsonl(records: Iterable[dict]) -> bytes:
+    return "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records).encode("utf-8")
+
+
+# ---------------------------------------------------------------- one example (pure)
+
+
+def video_stem(index: int) -> str:
+    """The id of video `index`; its file is `v_<stem>.mp4` (ActivityNet's naming)."""
+    return f"motion{index:06d}"
+
+
+def make_example(cfg: CorpusConfig, kind: str, index: int) -> tuple[dict, list[tuple[str, bytes]]]:
+    """(manifest record, [(path relative to the split dir, bytes)]) of example `index` of `kind`."""
+    rng = seeding.example_rng(cfg.seed, cfg.split, kind, index)
+    name = f"{index:06d}"
+    if kind == "image":
+        png, caption, spec = shapes.generate(rng, cfg.image_size)
+        record = {"image": f"img/{name}.png", "caption": caption,
+                  "colour": spec.colour, "shape": spec.shape, "position": spec.position}
+        return record, [(f"images/img/{name}.png", png)]
+    if kind == "speech":
+        samples, rate, spec = speech.generate(rng, cfg.num_digits)
+        record = {"audio": f"audio/{name}.wav", "text": spec.text, "sample_rate": rate,
+                  "duration_s": round(len(samples) / rate, 4), "voice": spec.voice,
+                  "rate_wpm": spec.rate, "pitch": spec.pitch}
+        return record, [(f"speech/audio/{name}.wav", speech.wav_bytes(samples, rate))]
+    if kind == "video":
+        mp4, spec = motion_video.generate(rng, cfg.frame_size, cfg.num_frames, cfg.fps)
+        options, answer = motion_video.choices(rng, spec)
+        stem = video_stem(index)
+        record = {"stem": stem, "question": motion_video.question(spec), "direction": spec.direction,
+                  "options": options, "answer_index": answer, "colour": spec.colour, "shape": spec.shape}
+        return record, [(f"video_qa/v_{stem}.mp4", mp4)]
+    if kind == "interleaved":
+        doc = interleaved.generate(rng, f"media/{name}", cfg.media_sizes())
+        record = {"id": f"interleaved-{name}", "parts": doc.parts}
+        return record, [(f"interleaved/{path}", data) for path, data in doc.media]
+    if kind == "text":
+        return {"text": text.generated_document(rng)}, []
+    raise ValueError(f"unknown kind {kind!r}; use one of {KINDS}")
+
+
+# ---------------------------------------------------------------- manifests (pure)
+
+
+def manifest_files(cfg: CorpusConfig, kind: str, records: Sequence[dict]) -> list[tuple[str, bytes]]:
+    """The manifest file(s) of `kind`, from its records in index order."""
+    if kind == "image":
+        return [("images/captions.jsonl", jsonl(records))]
+    if kind == "speech":
+        return [("speech/manifest.jsonl", jsonl(records))]
+    if kind == "interleaved":
+        return [("interleaved/documents.jsonl", jsonl(records))]
+    if kind == "text":
+        return [("text/documents.jsonl", jsonl(records))]
+    if kind != "video":
+        raise ValueError(f"unknown kind {kind!r}; use one of {KINDS}")
+    rows, questions, answers = [], [], []
+    for r in records:
+        rows.append({"video": f"v_{r['stem']}", "frame_count": cfg.num_frames, "width": cfg.frame_size,
+                     "height": cfg.frame_size, "question": r["question"], "answer": r["answer_index"],
+                     "qid": 0, "type": NEXTQA_TYPE, **{f"a{i}": o for i, o in enumerate(r["options"])}})
+        qid = f"v_{r['stem']}_0"
+        questions.append({"video_name": r["stem"], "question": r["question"], "question_id": qid})
+        answers.append({"answer": r["direction"], "type": ACTIVITYNET_MOTION_TYPE, "question_id": qid})
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=NEXTQA_COLUMNS, lineterminator="\n")
+    writer.writeheader()
+    writer.writerows(rows)
+    return [(f"video_qa/{cfg.split}.csv", buf.getvalue().encode("utf-8")),
+            (f"video_qa/{cfg.split}_q.json", json.dumps(questions).encode("utf-8")),
+            (f"video_qa/{cfg.split}_a.json", json.dumps(answers).encode("utf-8"))]
+
+
+def book_records(cfg: CorpusConfig) -> list[dict]:
+    """Text documents of this split cut from `cfg.books` (in the order given)."""
+    docs = []
+    for path in cfg.books:
+        docs.extend(text.book_documents(media_io.read_text(path), cfg.split))
+    return [{"text": d} for d in docs]
+
+
+# ---------------------------------------------------------------- Beam
+
+
+class GenerateExample(beam.DoFn):
+    """(kind, index) -> writes the example's media, yields (kind, (index, record))."""
+
+    def __init__(self, cfg: CorpusConfig):
+        self._cfg = cfg
+
+    def setup(self):
+        if self._cfg.count("speech") or self._cfg.count("interleaved"):
+            speech.engine()  # load eSpeak NG once per worker
+
+    def process(self, item: tuple[str, int]) -> Iterator[tuple[str, tuple[int, dict]]]:
+        kind, index = item
+        record, files = make_example(self._cfg, kind, index)
+        for rel, data in files:
+            write_file(join(self._cfg.split_dir, rel), data)
+        beam.metrics.Metrics.counter("generate_corpus", f"{kind}_examples").inc()
+        beam.metrics.Metrics.counter("generate_corpus", f"{kind}_media_files").inc(len(files))
+        yield kind, (index, record)
+
+
+def write_manifests(cfg: CorpusConfig, kind_records: tuple[str, Iterable[tuple[int, dict]]]) -> tuple[str, int]:
+    kind, indexed = kind_records
+    records = [r for _, r in sorted(indexed, key=lambda x: x[0])]
+    for rel, data in manifest_files(cfg, kind, records):
+        write_file(join(cfg.split_dir, rel), data)
+    return kind, len(records)
+
+
+def write_info(cfg: CorpusConfig, counts: dict[str, int], started: float) -> None:
+    info = {**cfg.to_json(), "written": {k: counts.get(k, 0) for k in KINDS},
+            "seconds": round(time.time() - started, 1)}
+    write_file(join(cfg.split_dir, INFO_FILE), json.dumps(info, indent=1).encode("utf-8"))
+
+
+class GenerateCorpus(beam.PTransform):
+    """Writes every example and manifest of one split; outputs {kind: count} once."""
+
+    def __init__(self, cfg: CorpusConfig, started: float):
+        super().__init__()
+        self._cfg = cfg
+        self._started = started
+
+    def expand(self, pbegin):
+        cfg, started = self._cfg, self._started
+        generated_kinds = [k for k in KINDS if not (k == "text" and cfg.books)]
+        items = [(k, i) for k in generated_kinds for i in range(cfg.count(k))]
+        generated = (pbegin
+                     | "WorkItems" >> beam.Create(items)
+                     | "Spread" >> beam.Reshuffle()
+                     | "Generate" >> beam.ParDo(GenerateExample(cfg)))
+        if cfg.books:
+            books = pbegin | "Books" >> beam.Create(
+                [("text", (i, r)) for i, r in enumerate(book_records(cfg))])
+            generated = (generated, books) | "WithBooks" >> beam.Flatten()
+        # Empty kinds still get (empty) manifests, so readers never miss a file.
+        empty = pbegin | "AllKinds" >> beam.Create([(k, None) for k in KINDS])
+        return ((generated, empty)
+                | "Together" >> beam.Flatten()
+                | "ByKind" >> beam.GroupByKey()
+                | "Manifests" >> beam.Map(lambda kv: write_manifests(cfg, (kv[0], [x for x in kv[1] if x])))
+                | "Counts" >> beam.combiners.ToDict()
+                | "Info" >> beam.Map(lambda counts: write_info(cfg, counts, started)))
+
+
+# ---------------------------------------------------------------- driver
+
+
+def is_complete(cfg: CorpusConfig) -> bool:
+    """True when `cfg.split_dir` holds a finished corpus made with exactly `cfg`."""
+    path = join(cfg.split_dir, INFO_FILE)
+    try:
+        info = json.loads(media_io.read_text(path))
+    except (OSError, ValueError):
+        return False
+    return all(info.get(k) == v for k, v in cfg.to_json().items())
+
+
+def run(cfg: CorpusConfig, beam_args: Sequence[str] = (), *, force: bool = False) -> dict:
+    """Generates one split (skipped when already complete, unless `force`); returns its info."""
+    started = time.time()
+    if not force and is_complete(cfg):
+        print(f"[generate_corpus] {cfg.split_dir} is complete for these settings; skipping "
+              f"(--force to regenerate)", flush=True)
+    else:
+        if not media_io.has_scheme(cfg.split_dir) and os.path.isdir(cfg.split_dir):
+            shutil.rmtree(cfg.split_dir)  # no stale files from an earlier, different run
+        options = beam_options.pipeline_options(beam_args)
+        with beam.Pipeline(options=options) as pipeline:
+            _ = pipeline | "GenerateCorpus" >> GenerateCorpus(cfg, started)
+    info = json.loads(media_io.read_text(join(cfg.split_dir, INFO_FILE)))
+    counts = ", ".join(f"{n} {k}" for k, n in info["written"].items())
+    print(f"[generate_corpus] {cfg.split}: {counts} -> {cfg.split_dir} "
+          f"({time.time() - started:.1f} s)", flush=True)
+    return info
+
+
+def parse_args(argv: Sequence[str]) -> tuple[CorpusConfig, bool, list[str]]:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--output_dir", required=True, help="the corpus root; the split goes to <output_dir>/<split>")
+    p.add_argument("--split", default="train", choices=seeding.SPLITS)
+    p.add_argument("--seed", type=int, default=0, help="base seed; the split is mixed in (disjoint streams)")
+    p.add_argument("--num_examples", type=int, default=None,
+                   help="every kind's count at once (overridden by the --num_<kind> flags)")
+    for kind in KINDS:
+        p.add_argument(f"--num_{kind}", type=int, default=None,
+                       help=f"number of {kind} examples (demo default: train {DEMO_SIZES['train'][kind]}, "
+                            f"validation {DEMO_SIZES['validation'][kind]}, test {DEMO_SIZES['test'][kind]})")
+    p.add_argument("--image_size", type=int, default=32)
+    p.add_argument("--frame_size", type=int, default=32)
+    p.add_argument("--num_frames", type=int, default=4)
+    p.add_argument("--fps", type=int, default=1)
+    p.add_argument("--min_digits", type=int, default=speech.NUM_DIGITS[0])
+    p.add_argument("--max_digits", type=int, default=speech.NUM_DIGITS[1])
+    p.add_argument("--books", nargs="*", default=[],
+                   help="book text files (e.g. Gutenberg); when given, text documents are their paragraphs "
+                        "(18/20 of chunks to train, 1/20 each to validation and test) instead of generated text")
+    p.add_argument("--force", action="store_true", help="regenerate even when the split is complete")
+    args, beam_args = p.parse_known_args(argv)
+    counts = {}
+    for kind in KINDS:
+        n = getattr(args, f"num_{kind}")
+        if n is None:
+            n = args.num_examples if args.num_examples is not None else DEMO_SIZES[args.split][kind]
+        counts[kind] = n
+    missing = [b for b in args.books if not media_io.has_scheme(b) and not os.path.isfile(b)]
+    if missing:
+        p.error(f"--books: no such file(s) {missing}")
+    cfg = CorpusConfig(output_dir=args.output_dir, split=args.split, seed=args.seed,
+                       counts=tuple(counts.items()), image_size=args.image_size, frame_size=args.frame_size,
+                       num_frames=args.num_frames, fps=args.fps, num_digits=(args.min_digits, args.max_digits),
+                       books=tuple(args.books))
+    return cfg, args.force, beam_args
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    cfg, force, beam_args = parse_args(sys.argv[1:] if argv is None else argv)
+    run(cfg, beam_args, force=force)
+
+
+if __name__ == "__main__":
+    logging.basicConfig(level=logging.WARNING)
+    main()
