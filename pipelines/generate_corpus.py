@@ -303,6 +303,25 @@ class GenerateCorpus(beam.PTransform):
                 | "Info" >> beam.Map(lambda counts: write_info(cfg, counts, started)))
 
 
+def generate_in_process(cfg: CorpusConfig) -> dict[str, int]:
+    """The same corpus as the Beam job, in a plain loop (small sets, tests, timing baselines)."""
+    started = time.time()
+    counts = {}
+    for kind in KINDS:
+        if kind == "text" and cfg.books:
+            records = book_records(cfg)
+        else:
+            records = []
+            for index in range(cfg.count(kind)):
+                record, files = make_example(cfg, kind, index)
+                for rel, data in files:
+                    write_file(join(cfg.split_dir, rel), data)
+                records.append(record)
+        counts[kind] = write_manifests(cfg, (kind, enumerate(records)))[1]
+    write_info(cfg, counts, started)
+    return counts
+
+
 # ---------------------------------------------------------------- driver
 
 

@@ -94,6 +94,9 @@ def test_job_writes_every_manifest_deterministically(tmp_path, capsys):
     cfg_b = gc.CorpusConfig(**{**cfg.__dict__, "output_dir": str(tmp_path / "b")})
     gc.run(cfg_b, ["--direct_num_workers=1"])
     assert _tree(root) == _tree(tmp_path / "b" / "validation")
+    # ... and the plain loop writes the very same files.
+    gc.generate_in_process(gc.CorpusConfig(**{**cfg.__dict__, "output_dir": str(tmp_path / "c")}))
+    assert _tree(root) == _tree(tmp_path / "c" / "validation")
 
     # Complete -> skipped; other settings -> regenerated.
     before = os.stat(root / gc.INFO_FILE).st_mtime_ns
