@@ -12,7 +12,7 @@ from __future__ import annotations
 import os
 from typing import Sequence
 
-from apache_beam.options.pipeline_options import DirectOptions, PipelineOptions, StandardOptions
+from apache_beam.options.pipeline_options import DirectOptions, PipelineOptions, StandardOptions, WorkerOptions
 
 LOCAL_RUNNER = "apache_beam.runners.portability.fn_api_runner.FnApiRunner"
 
@@ -27,6 +27,9 @@ def pipeline_options(beam_args: Sequence[str], *, num_workers: int | None = None
         direct.direct_running_mode = "multi_processing"
         if not direct.direct_num_workers:
             direct.direct_num_workers = num_workers or os.cpu_count() or 1
+        worker = options.view_as(WorkerOptions)
+        if not worker.default_sdk_harness_log_level:
+            worker.default_sdk_harness_log_level = "WARNING"  # Worker processes log INFO per bundle.
     return options
 
 
