@@ -26,13 +26,14 @@ Demo sizes are the defaults (see `DEMO_SIZES`): per split, a few thousand
 examples of each kind for train and a few hundred for validation and test, small
 media (32 px images, 4 frames of 32 px at 1 fps, 3-4 spoken digits) so a tiny
 model learns every task within the demo's training budget. Examples are
-deterministic from (seed, split, kind, index) (`synthetic/seeding.py`), so the
+deterministic from (seed, split, kind, index) (`synthetic/seeding.py`; spoken
+clips also from the clips before them in their fixed chunk), so the
 same flags give byte-identical files whatever the runner, worker count or
 order, and held-out splits draw from disjoint seeds.
 
-Beam: work items (kind, index) -> Reshuffle -> generate + write media (a DoFn
-per item, eSpeak loaded once per worker in `setup`) -> group by kind -> one
-manifest per kind, sorted by index. Local runs use the FnApiRunner with one
+Beam: work items (kind, chunk of 50 indices) -> Reshuffle -> generate + write
+media (eSpeak checked once per worker in `setup`, one fresh eSpeak session per
+chunk) -> group by kind -> one manifest per kind, sorted by index. Local runs use the FnApiRunner with one
 process per core (`pipelines.beam_options`); `--runner=DataflowRunner ...`
 with a gs:// output_dir works through PipelineOptions alone.
 """
@@ -69,6 +70,9 @@ NEXTQA_COLUMNS = ("video", "frame_count", "width", "height", "question", "answer
                   "a0", "a1", "a2", "a3", "a4")
 ACTIVITYNET_MOTION_TYPE = 0  # ActivityNet-QA question type 0 = Motion
 NEXTQA_TYPE = "TC"           # NExT-QA "temporal current": what is happening
+# Examples are made in fixed chunks of consecutive indices (one Beam element, one eSpeak
+# session each); fixed, so the files never depend on the runner or worker count.
+CHUNK_SIZE = 50
 
 
 @dataclasses.dataclass(frozen=True)
@@ -165,8 +169,34 @@ def video_stem(index: int) -> str:
     return f"motion{index:06d}"
 
 
+def num_chunks(cfg: CorpusConfig, kind: str) -> int:
+    return -(-cfg.count(kind) // CHUNK_SIZE)
+
+
+def make_examples(cfg: CorpusConfig, kind: str, chunk: int) -> list[tuple[int, dict, list[tuple[str, bytes]]]]:
+    """Examples `chunk * CHUNK_SIZE ...` (up to the kind's count) of `kind`, in index order:
+    [(index, manifest record, [(path relative to the split dir, bytes)])].
+
+    One eSpeak session per chunk: a clip depends on its chunk, never on the worker or order.
+    """
+    indices = range(chunk * CHUNK_SIZE, min((chunk + 1) * CHUNK_SIZE, cfg.count(kind)))
+    if not indices:
+        raise ValueError(f"chunk {chunk} of {kind} is empty ({cfg.count(kind)} examples, {CHUNK_SIZE} per chunk)")
+    if kind not in ("speech", "interleaved"):
+        return [(i, *_make(cfg, kind, i, None)) for i in indices]
+    with speech.session() as synth:
+        return [(i, *_make(cfg, kind, i, synth)) for i in indices]
+
+
 def make_example(cfg: CorpusConfig, kind: str, index: int) -> tuple[dict, list[tuple[str, bytes]]]:
-    """(manifest record, [(path relative to the split dir, bytes)]) of example `index` of `kind`."""
+    """(record, files) of one example (generates its whole chunk; for tests and inspection)."""
+    for i, record, files in make_examples(cfg, kind, index // CHUNK_SIZE):
+        if i == index:
+            return record, files
+    raise IndexError(f"{kind} example {index} is beyond the configured {cfg.count(kind)}")
+
+
+def _make(cfg: CorpusConfig, kind: str, index: int, synth) -> tuple[dict, list[tuple[str, bytes]]]:
     rng = seeding.example_rng(cfg.seed, cfg.split, kind, index)
     name = f"{index:06d}"
     if kind == "image":
@@ -175,7 +205,7 @@ def make_example(cfg: CorpusConfig, kind: str, index: int) -> tuple[dict, list[t
                   "colour": spec.colour, "shape": spec.shape, "position": spec.position}
         return record, [(f"images/img/{name}.png", png)]
     if kind == "speech":
-        samples, rate, spec = speech.generate(rng, cfg.num_digits)
+        samples, rate, spec = speech.generate(rng, cfg.num_digits, synth)
         record = {"audio": f"audio/{name}.wav", "text": spec.text, "sample_rate": rate,
                   "duration_s": round(len(samples) / rate, 4), "voice": spec.voice,
                   "rate_wpm": spec.rate, "pitch": spec.pitch}
@@ -188,7 +218,7 @@ def make_example(cfg: CorpusConfig, kind: str, index: int) -> tuple[dict, list[t
                   "options": options, "answer_index": answer, "colour": spec.colour, "shape": spec.shape}
         return record, [(f"video_qa/v_{stem}.mp4", mp4)]
     if kind == "interleaved":
-        doc = interleaved.generate(rng, f"media/{name}", cfg.media_sizes())
+        doc = interleaved.generate(rng, f"media/{name}", cfg.media_sizes(), synth)
         record = {"id": f"interleaved-{name}", "parts": doc.parts}
         return record, [(f"interleaved/{path}", data) for path, data in doc.media]
     if kind == "text":
@@ -239,8 +269,8 @@ def book_records(cfg: CorpusConfig) -> list[dict]:
 # ---------------------------------------------------------------- Beam
 
 
-class GenerateExample(beam.DoFn):
-    """(kind, index) -> writes the example's media, yields (kind, (index, record))."""
+class GenerateExamples(beam.DoFn):
+    """(kind, chunk) -> writes the chunk's media, yields (kind, (index, record)) per example."""
 
     def __init__(self, cfg: CorpusConfig):
         self._cfg = cfg
@@ -250,13 +280,13 @@ class GenerateExample(beam.DoFn):
             speech.engine()  # load eSpeak NG once per worker
 
     def process(self, item: tuple[str, int]) -> Iterator[tuple[str, tuple[int, dict]]]:
-        kind, index = item
-        record, files = make_example(self._cfg, kind, index)
-        for rel, data in files:
-            write_file(join(self._cfg.split_dir, rel), data)
-        beam.metrics.Metrics.counter("generate_corpus", f"{kind}_examples").inc()
-        beam.metrics.Metrics.counter("generate_corpus", f"{kind}_media_files").inc(len(files))
-        yield kind, (index, record)
+        kind, chunk = item
+        for index, record, files in make_examples(self._cfg, kind, chunk):
+            for rel, data in files:
+                write_file(join(self._cfg.split_dir, rel), data)
+            beam.metrics.Metrics.counter("generate_corpus", f"{kind}_examples").inc()
+            beam.metrics.Metrics.counter("generate_corpus", f"{kind}_media_files").inc(len(files))
+            yield kind, (index, record)
 
 
 def write_manifests(cfg: CorpusConfig, kind_records: tuple[str, Iterable[tuple[int, dict]]]) -> tuple[str, int]:
@@ -284,11 +314,11 @@ class GenerateCorpus(beam.PTransform):
     def expand(self, pbegin):
         cfg, started = self._cfg, self._started
         generated_kinds = [k for k in KINDS if not (k == "text" and cfg.books)]
-        items = [(k, i) for k in generated_kinds for i in range(cfg.count(k))]
+        items = [(k, c) for k in generated_kinds for c in range(num_chunks(cfg, k))]
         generated = (pbegin
                      | "WorkItems" >> beam.Create(items)
                      | "Spread" >> beam.Reshuffle()
-                     | "Generate" >> beam.ParDo(GenerateExample(cfg)))
+                     | "Generate" >> beam.ParDo(GenerateExamples(cfg)))
         if cfg.books:
             books = pbegin | "Books" >> beam.Create(
                 [("text", (i, r)) for i, r in enumerate(book_records(cfg))])
@@ -312,11 +342,11 @@ def generate_in_process(cfg: CorpusConfig) -> dict[str, int]:
             records = book_records(cfg)
         else:
             records = []
-            for index in range(cfg.count(kind)):
-                record, files = make_example(cfg, kind, index)
-                for rel, data in files:
-                    write_file(join(cfg.split_dir, rel), data)
-                records.append(record)
+            for chunk in range(num_chunks(cfg, kind)):
+                for _, record, files in make_examples(cfg, kind, chunk):
+                    for rel, data in files:
+                        write_file(join(cfg.split_dir, rel), data)
+                    records.append(record)
         counts[kind] = write_manifests(cfg, (kind, enumerate(records)))[1]
     write_info(cfg, counts, started)
     return counts

@@ -35,10 +35,10 @@ def test_config_validates_and_says_how_to_fix():
 
 def test_held_out_splits_are_different_examples():
     for kind in ("image", "speech", "video", "interleaved", "text"):
-        made = {split: [gc.make_example(gc.CorpusConfig.demo("/x", split), kind, i) for i in range(4)]
+        made = {split: gc.make_examples(gc.CorpusConfig("/x", split, counts=((kind, 4),)), kind, 0)
                 for split in ("train", "validation", "test")}
         fingerprints = {split: [json.dumps(r, sort_keys=True) + "".join(hashlib.sha1(d).hexdigest() for _, d in f)
-                                for r, f in ex] for split, ex in made.items()}
+                                for _, r, f in ex] for split, ex in made.items()}
         assert not set(fingerprints["train"]) & set(fingerprints["test"]), kind
         assert not set(fingerprints["train"]) & set(fingerprints["validation"]), kind
         assert not set(fingerprints["validation"]) & set(fingerprints["test"]), kind
@@ -110,7 +110,7 @@ def test_job_writes_every_manifest_deterministically(tmp_path, capsys):
 @pytest.mark.real_data
 def test_formats_match_the_real_manifests(data_dir, tmp_path):
     """Our video-QA files have the real files' columns/keys; our manifests the real fields."""
-    cfg = gc.CorpusConfig(output_dir=str(tmp_path), split="test", counts=(("video", 2),))
+    cfg = gc.CorpusConfig(output_dir=str(tmp_path), split="test", counts=(("video", 2), ("image", 1), ("speech", 1)))
     records = [gc.make_example(cfg, "video", i)[0] for i in range(2)]
     files = dict(gc.manifest_files(cfg, "video", records))
     real_header = (data_dir / "video_qa/nextqa/val.csv").read_text().splitlines()[0]

@@ -138,6 +138,16 @@ def test_speech_is_independent_of_what_was_spoken_before():
     speech.generate(rng(1, "speech"))
     speech.speak(speech.SpeechSpec(digits=(9, 9, 9, 9), voice="en+f3", rate=140, pitch=70))
     assert np.array_equal(a, speech.generate(rng(0, "speech"))[0])
+    # A session replays the same sequence the same way, whatever ran before it...
+    with speech.session() as synth:
+        first = [speech.generate(rng(i, "speech"), synth=synth)[0] for i in range(3)]
+    speech.generate(rng(7, "speech"))
+    with speech.session() as synth:
+        again = [speech.generate(rng(i, "speech"), synth=synth)[0] for i in range(3)]
+        with pytest.raises(RuntimeError, match="already open"):
+            speech.speak(speech.SpeechSpec((1,), "en", 175, 50))  # no nested session
+    assert all(np.array_equal(x, y) for x, y in zip(first, again))
+    assert np.array_equal(first[0], a)  # the first clip of a session is the fresh-session clip
 
 
 def test_speech_transcripts_lengths_and_wav():

@@ -39,19 +39,19 @@ class Document:
     media: list[tuple[str, bytes]]
 
 
-def _image_segment(rng, sizes: MediaSizes, path: str) -> tuple[list[dict], bytes]:
+def _image_segment(rng, sizes: MediaSizes, path: str, synth) -> tuple[list[dict], bytes]:
     png, caption, _ = shapes.generate(rng, sizes.image_size)
     return [{"text": str(rng.choice(IMAGE_INTROS))}, {"image": path},
             {"text": f"It shows {caption}."}], png
 
 
-def _audio_segment(rng, sizes: MediaSizes, path: str) -> tuple[list[dict], bytes]:
-    samples, rate, spec = speech.generate(rng, sizes.num_digits)
+def _audio_segment(rng, sizes: MediaSizes, path: str, synth) -> tuple[list[dict], bytes]:
+    samples, rate, spec = speech.generate(rng, sizes.num_digits, synth)
     return [{"text": str(rng.choice(AUDIO_INTROS))}, {"audio": path},
             {"text": f"The speaker says: {spec.text}."}], speech.wav_bytes(samples, rate)
 
 
-def _video_segment(rng, sizes: MediaSizes, path: str) -> tuple[list[dict], bytes]:
+def _video_segment(rng, sizes: MediaSizes, path: str, synth) -> tuple[list[dict], bytes]:
     mp4, spec = motion_video.generate(rng, sizes.frame_size, sizes.num_frames, sizes.fps)
     return [{"text": str(rng.choice(VIDEO_INTROS))}, {"video": path},
             {"text": f"The {spec.colour} {spec.shape} moves {spec.direction}."}], mp4
@@ -72,8 +72,12 @@ def merge_text(parts: list[dict]) -> list[dict]:
     return merged
 
 
-def generate(rng: np.random.Generator, media_prefix: str, sizes: MediaSizes = MediaSizes()) -> Document:
-    """One document; its media files are named `<media_prefix>_<k>.<ext>`."""
+def generate(rng: np.random.Generator, media_prefix: str, sizes: MediaSizes = MediaSizes(),
+             synth: speech.Synthesizer | None = None) -> Document:
+    """One document; its media files are named `<media_prefix>_<k>.<ext>`.
+
+    `synth`: an eSpeak session (`speech.session()`) for the audio, or None for a fresh one per clip.
+    """
     parts: list[dict] = []
     media: list[tuple[str, bytes]] = []
     for k in range(int(rng.integers(2, 5))):
@@ -81,7 +85,7 @@ def generate(rng: np.random.Generator, media_prefix: str, sizes: MediaSizes = Me
             parts.append({"text": text.sentence(rng)})
         _, ext, make = _SEGMENTS[int(rng.integers(0, len(_SEGMENTS)))]
         path = f"{media_prefix}_{k}.{ext}"
-        segment, payload = make(rng, sizes, path)
+        segment, payload = make(rng, sizes, path, synth)
         parts.extend(segment)
         media.append((path, payload))
     return Document(parts=merge_text(parts), media=media)

@@ -11,17 +11,23 @@ silence is trimmed to 50 ms so the clip stays short (3-4 digits ~ 1-1.5 s).
 
 Determinism: eSpeak keeps synthesis state between utterances (pitch-flutter
 phase, filter memories) that `espeak_Terminate` does not reset, so the same
-request would give different samples depending on what was spoken before. We
-load a fresh copy of the library for every utterance (dlopen/dlclose, ~4 ms)
-and seed its noise generator, so a clip depends only on its own parameters --
-whatever worker made it, in whatever order. A process-wide lock serialises
-calls (the library is not thread-safe).
+request gives different samples depending on what was spoken before. A
+`session()` therefore loads a fresh copy of the library (dlopen ... dlclose,
+~3 ms) and every utterance seeds eSpeak's noise generator: a clip depends only
+on its own parameters and on the utterances before it in the same session --
+never on which worker made it or what it did earlier. Callers that need
+examples to be independent open one session per example (`speak` without a
+session) or per fixed chunk of examples (the corpus job: ~1 ms per clip). A
+process-wide lock serialises sessions (the library is not thread-safe).
 """
+import contextlib
 import ctypes
 import dataclasses
+import functools
 import io
 import threading
 import wave
+from typing import Callable, Iterator
 
 import numpy as np
 
@@ -69,9 +75,10 @@ def sample_speech_spec(rng: np.random.Generator, num_digits: tuple[int, int] = N
 
 
 class _ESpeak:
-    """eSpeak NG through ctypes, freshly loaded per utterance (see module docstring)."""
+    """eSpeak NG through ctypes; each `session()` loads a fresh copy (see module docstring)."""
 
     _lock = threading.Lock()
+    _local = threading.local()
 
     def __init__(self):
         import espeakng_loader  # the wheel: shared library + espeak-ng-data
@@ -79,50 +86,62 @@ class _ESpeak:
         self._data_path = espeakng_loader.get_data_path().encode()
         self._chunks: list[np.ndarray] = []
         self._callback = _CALLBACK(self._on_audio)  # kept alive while the library may call it
-        self.sample_rate = self._with_library(lambda lib, rate: rate)
+        with self.session():
+            pass  # fails here, with a clear message, if the library or its data is unusable
 
     def _on_audio(self, wav, num_samples, events) -> int:
         if wav and num_samples > 0:
             self._chunks.append(np.ctypeslib.as_array(wav, shape=(num_samples,)).copy())
         return 0  # continue synthesis
 
-    def _with_library(self, fn):
+    @contextlib.contextmanager
+    def session(self) -> Iterator[Callable[..., np.ndarray]]:
+        """Loads a fresh library (holding the process-wide lock); yields `synthesize`."""
         import _ctypes
+        if getattr(self._local, "active", False):
+            raise RuntimeError("an eSpeak session is already open in this thread; pass its synthesizer "
+                               "(`synth`) instead of opening another")
         with self._lock:
-            lib = ctypes.CDLL(self._library_path)
+            self._local.active = True
             try:
-                lib.espeak_Initialize.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_char_p, ctypes.c_int]
-                lib.espeak_Synth.argtypes = [ctypes.c_char_p, ctypes.c_size_t, ctypes.c_uint, ctypes.c_int,
-                                             ctypes.c_uint, ctypes.c_uint, ctypes.c_void_p, ctypes.c_void_p]
-                lib.espeak_SetVoiceByName.argtypes = [ctypes.c_char_p]
-                rate = lib.espeak_Initialize(_AUDIO_OUTPUT_SYNCHRONOUS, 0, self._data_path, _INITIALIZE_DONT_EXIT)
-                if rate <= 0:
-                    raise RuntimeError(f"espeak_Initialize failed ({rate}) with data at {self._data_path!r}")
-                lib.espeak_SetSynthCallback(self._callback)
+                lib = ctypes.CDLL(self._library_path)
                 try:
-                    return fn(lib, rate)
+                    yield from self._initialised(lib)
                 finally:
-                    lib.espeak_Terminate()
+                    _ctypes.dlclose(lib._handle)
             finally:
-                _ctypes.dlclose(lib._handle)
+                self._local.active = False
 
-    def synthesize(self, text: str, voice: str, rate: int, pitch: int, seed: int = 0) -> np.ndarray:
+    def _initialised(self, lib) -> Iterator[Callable[..., np.ndarray]]:
+        lib.espeak_Initialize.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_char_p, ctypes.c_int]
+        lib.espeak_Synth.argtypes = [ctypes.c_char_p, ctypes.c_size_t, ctypes.c_uint, ctypes.c_int,
+                                     ctypes.c_uint, ctypes.c_uint, ctypes.c_void_p, ctypes.c_void_p]
+        lib.espeak_SetVoiceByName.argtypes = [ctypes.c_char_p]
+        rate = lib.espeak_Initialize(_AUDIO_OUTPUT_SYNCHRONOUS, 0, self._data_path, _INITIALIZE_DONT_EXIT)
+        if rate <= 0:
+            raise RuntimeError(f"espeak_Initialize failed ({rate}) with data at {self._data_path!r}")
+        self.sample_rate = rate
+        lib.espeak_SetSynthCallback(self._callback)
+        try:
+            yield functools.partial(self._synthesize, lib)
+        finally:
+            lib.espeak_Terminate()
+
+    def _synthesize(self, lib, text: str, voice: str, rate: int, pitch: int, seed: int = 0) -> np.ndarray:
         """int16 samples [N] at `self.sample_rate`."""
-        def run(lib, _):
-            if lib.espeak_SetVoiceByName(voice.encode()) != 0:
-                raise ValueError(f"eSpeak NG has no voice {voice!r}; try e.g. 'en-us+m1' "
-                                 f"(accents {ACCENTS}, variants {VARIANTS})")
-            lib.espeak_ng_SetRandSeed(ctypes.c_long(seed))
-            lib.espeak_SetParameter(_RATE, rate, 0)
-            lib.espeak_SetParameter(_PITCH, pitch, 0)
-            data = text.encode()
-            self._chunks = []
-            err = lib.espeak_Synth(data, len(data) + 1, 0, _POS_CHARACTER, 0, _CHARS_UTF8, None, None)
-            lib.espeak_Synchronize()
-            if err != 0:
-                raise RuntimeError(f"espeak_Synth failed ({err}) on {text!r}")
-            return np.concatenate(self._chunks) if self._chunks else np.zeros(0, np.int16)
-        return self._with_library(run)
+        if lib.espeak_SetVoiceByName(voice.encode()) != 0:
+            raise ValueError(f"eSpeak NG has no voice {voice!r}; try e.g. 'en-us+m1' "
+                             f"(accents {ACCENTS}, variants {VARIANTS})")
+        lib.espeak_ng_SetRandSeed(ctypes.c_long(seed))
+        lib.espeak_SetParameter(_RATE, rate, 0)
+        lib.espeak_SetParameter(_PITCH, pitch, 0)
+        data = text.encode()
+        self._chunks = []
+        err = lib.espeak_Synth(data, len(data) + 1, 0, _POS_CHARACTER, 0, _CHARS_UTF8, None, None)
+        lib.espeak_Synchronize()
+        if err != 0:
+            raise RuntimeError(f"espeak_Synth failed ({err}) on {text!r}")
+        return np.concatenate(self._chunks) if self._chunks else np.zeros(0, np.int16)
 
 
 _ENGINE: _ESpeak | None = None
@@ -134,6 +153,24 @@ def engine() -> _ESpeak:
     if _ENGINE is None:
         _ENGINE = _ESpeak()
     return _ENGINE
+
+
+Synthesizer = Callable[..., np.ndarray]  # (text, voice, rate, pitch, seed) -> int16 samples
+
+
+@contextlib.contextmanager
+def session() -> Iterator[Synthesizer]:
+    """A fresh eSpeak NG for a sequence of utterances:
+
+        with session() as synth:
+            for spec in specs:
+                samples, rate = speak(spec, seed, synth)
+
+    The same sequence in a new session gives the same samples, whatever was
+    spoken before in the process.
+    """
+    with engine().session() as synth:
+        yield synth
 
 
 def trim_silence(samples: np.ndarray, sample_rate: int, margin_s: float = TRIM_MARGIN_S) -> np.ndarray:
@@ -158,18 +195,21 @@ def wav_bytes(samples: np.ndarray, sample_rate: int) -> bytes:
     return buf.getvalue()
 
 
-def speak(spec: SpeechSpec, seed: int = 0) -> tuple[np.ndarray, int]:
-    """(int16 samples, sample rate) of `spec`, silence trimmed."""
-    eng = engine()
-    samples = eng.synthesize(spec.text, spec.voice, spec.rate, spec.pitch, seed=seed)
+def speak(spec: SpeechSpec, seed: int = 0, synth: Synthesizer | None = None) -> tuple[np.ndarray, int]:
+    """(int16 samples, sample rate) of `spec`, silence trimmed; in `synth`'s session, or a fresh one."""
+    if synth is None:
+        with session() as fresh:
+            return speak(spec, seed, fresh)
+    samples = synth(spec.text, spec.voice, spec.rate, spec.pitch, seed)
     if samples.size == 0:
         raise RuntimeError(f"eSpeak NG produced no audio for {spec}")
-    return trim_silence(samples, eng.sample_rate), eng.sample_rate
+    rate = engine().sample_rate
+    return trim_silence(samples, rate), rate
 
 
-def generate(rng: np.random.Generator, num_digits: tuple[int, int] = NUM_DIGITS
-             ) -> tuple[np.ndarray, int, SpeechSpec]:
-    """One utterance: (int16 samples, sample rate, spec)."""
+def generate(rng: np.random.Generator, num_digits: tuple[int, int] = NUM_DIGITS,
+             synth: Synthesizer | None = None) -> tuple[np.ndarray, int, SpeechSpec]:
+    """One utterance: (int16 samples, sample rate, spec); `synth` as for `speak`."""
     spec = sample_speech_spec(rng, num_digits)
-    samples, rate = speak(spec, seed=int(rng.integers(0, 2**31 - 1)))
+    samples, rate = speak(spec, int(rng.integers(0, 2**31 - 1)), synth)
     return samples, rate, spec
