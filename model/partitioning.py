@@ -1,0 +1,226 @@
+"""One device mesh, logical axis rules, and the shardings the trainer jits with.
+
+The mesh always has the axes ('data', 'expert', 'model'); sizes come from gin, with
+at most one -1 meaning "all remaining devices". The model names the dimensions of its
+parameters and key activations logically ('batch', 'embed', 'mlp', 'heads', ...);
+`logical_axis_rules` (gin) maps those names to mesh axes. Names without a rule stay
+unsharded. Batches are split over ('data', 'expert') on their leading dimension.
+
+FSDP (`fsdp=True`) additionally shards every parameter (and so every optimizer
+moment) over 'data' on its largest dimension that is still unsharded and divisible by
+the data-axis size: ZeRO-3 style, the compiler all-gathers weights where they are used.
+
+Multi-host: call `initialize_distributed()` (gin-configurable, no-op on one process)
+before touching devices; every host then feeds only its own rows
+(global batch / process_count) and `shard_batch` assembles the global array.
+
+Example (8 CPU devices): `Partitioner(mesh_shape=(2, 2, 2))` gives data=2, expert=2,
+model=2; `Partitioner(mesh_shape=(-1, 1, 1))` is plain data parallelism over all 8.
+"""
+from __future__ import annotations
+
+import contextlib
+import logging
+import math
+from typing import Any, Callable, Sequence
+
+import flax.linen as nn
+import gin
+import jax
+import numpy as np
+from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+
+MESH_AXES = ("data", "expert", "model")
+BATCH_AXES = ("data", "expert")
+
+# Logical name -> mesh axis (or axes, or None). Overridable from gin.
+DEFAULT_LOGICAL_AXIS_RULES: tuple[tuple[str, Any], ...] = (
+    ("batch", BATCH_AXES),
+    ("length", None),
+    ("embed", None),
+    ("mlp", "model"),
+    ("heads", "model"),
+    ("kv_heads", "model"),
+    ("head_dim", None),
+    ("vocab", "model"),
+    ("expert", "expert"),
+    ("layers", None),
+)
+
+log = logging.getLogger("tapestry.partitioning")
+
+
+@gin.configurable
+def initialize_distributed(coordinator_address: str | None = None,
+                           num_processes: int | None = None,
+                           process_id: int | None = None,
+                           enabled: bool = False) -> None:
+    """`jax.distributed.initialize` for multi-host runs (TPU pods, multi-node GPU).
+
+    With `enabled=False` (single host) this does nothing. On TPU pods and SLURM/GPU
+    clusters the three arguments may stay None: JAX discovers them from the environment.
+    """
+    if not enabled:
+        return
+    jax.distributed.initialize(coordinator_address=coordinator_address,
+                               num_processes=num_processes, process_id=process_id)
+    log.info("jax.distributed: process %d of %d, %d local / %d global devices",
+                 jax.process_index(), jax.process_count(), jax.local_device_count(),
+                 jax.device_count())
+
+
+def resolve_mesh_shape(mesh_shape: Sequence[int], num_devices: int) -> tuple[int, ...]:
+    """Replaces a single -1 with the remaining device count; validates the product."""
+    shape = tuple(int(s) for s in mesh_shape)
+    if len(shape) != len(MESH_AXES):
+        raise ValueError(f"mesh_shape={shape} must have {len(MESH_AXES)} entries for axes "
+                         f"{MESH_AXES}, e.g. (-1, 1, 1)")
+    if shape.count(-1) > 1 or any(s == 0 or s < -1 for s in shape):
+        raise ValueError(f"mesh_shape={shape}: sizes must be positive, with at most one -1")
+    known = math.prod(s for s in shape if s != -1)
+    if -1 in shape:
+        if num_devices % known:
+            raise ValueError(f"mesh_shape={shape}: {num_devices} devices are not divisible "
+                             f"by the fixed axes' product {known}")
+        shape = tuple(num_devices // known if s == -1 else s for s in shape)
+    if math.prod(shape) != num_devices:
+        raise ValueError(f"mesh_shape={shape} uses {math.prod(shape)} devices but "
+                         f"{num_devices} are available; use -1 for one axis or set "
+                         f"XLA_FLAGS=--xla_force_host_platform_device_count=N on CPU")
+    return shape
+
+
+@gin.configurable
+class Partitioner:
+    """Mesh + logical rules; turns logical param specs into NamedShardings and jits.
+
+    Args:
+      mesh_shape: sizes of ('data', 'expert', 'model'); one may be -1.
+      logical_axis_rules: sequence of (logical_name, mesh_axis | tuple | None).
+      fsdp: also shard parameters over 'data' (see module docstring).
+      num_devices: use only the first N devices (default: all). For tests and
+        single-device baselines.
+    """
+
+    def __init__(self, mesh_shape: Sequence[int] = (-1, 1, 1),
+                 logical_axis_rules: Sequence[tuple[str, Any]] = DEFAULT_LOGICAL_AXIS_RULES,
+                 fsdp: bool = False, num_devices: int | None = None):
+        devices = jax.devices()
+        if num_devices is not None:
+            if not 0 < num_devices <= len(devices):
+                raise ValueError(f"num_devices={num_devices}, but {len(devices)} are available")
+            devices = devices[:num_devices]
+        shape = resolve_mesh_shape(mesh_shape, len(devices))
+        for name, axes in logical_axis_rules:
+            for axis in (axes if isinstance(axes, (tuple, list)) else (axes,)):
+                if axis is not None and axis not in MESH_AXES:
+                    raise ValueError(f"logical_axis_rules: {name!r} -> {axis!r}; mesh axes "
+                                     f"are {MESH_AXES} (or None)")
+        self.rules = tuple((name, tuple(a) if isinstance(a, list) else a)
+                           for name, a in logical_axis_rules)
+        self.fsdp = fsdp
+        device_array = np.asarray(devices).reshape(shape)
+        if len(devices) == jax.device_count() and jax.process_count() > 1:
+            from jax.experimental import mesh_utils  # topology-aware order on pods
+            device_array = mesh_utils.create_device_mesh(shape, devices=devices)
+        self.mesh = Mesh(device_array, MESH_AXES)
+
+    # ----------------------------------------------------------------- sizes
+    @property
+    def mesh_shape(self) -> dict[str, int]:
+        return dict(self.mesh.shape)
+
+    @property
+    def num_batch_shards(self) -> int:
+        return self.mesh.shape["data"] * self.mesh.shape["expert"]
+
+    def validate_batch_size(self, batch_size: int, num_microbatches: int = 1) -> None:
+        """Batch must split over processes, batch shards and microbatches evenly."""
+        if batch_size % jax.process_count():
+            raise ValueError(f"Batch size ({batch_size}) must be divisible by the number of "
+                             f"processes ({jax.process_count()}).")
+        per_micro, rem = divmod(batch_size, num_microbatches)
+        if rem:
+            raise ValueError(f"Batch size ({batch_size}) must be divisible by "
+                             f"num_microbatches ({num_microbatches}).")
+        if per_micro % self.num_batch_shards:
+            raise ValueError(
+                f"Batch size per microbatch ({per_micro}) must be divisible by the number of "
+                f"batch shards data*expert ({self.num_batch_shards}); change BATCH_SIZE, "
+                f"num_microbatches or mesh_shape {tuple(self.mesh.shape.values())}.")
+
+    # -------------------------------------------------------------- shardings
+    def _fsdp_spec(self, spec: P, shape: Sequence[int]) -> P:
+        """Adds 'data' to the largest unsharded, divisible dim of a param spec."""
+        data = self.mesh.shape["data"]
+        parts = list(spec) + [None] * (len(shape) - len(spec))
+        used = {a for p in parts for a in (p if isinstance(p, tuple) else (p,)) if a}
+        if data == 1 or "data" in used:
+            return P(*parts)
+        candidates = [i for i, p in enumerate(parts) if p is None and shape[i] % data == 0]
+        if candidates:
+            parts[max(candidates, key=lambda i: shape[i])] = "data"
+        return P(*parts)
+
+    def param_specs(self, abstract_params: Any) -> Any:
+        """Mesh PartitionSpecs for a tree of (boxed or plain) abstract params.
+
+        Boxed leaves (nn.Partitioned / LogicallyPartitioned) use their logical names;
+        plain leaves are replicated (or FSDP-sharded).
+        """
+        logical = nn.get_partition_spec(abstract_params)
+        mesh_specs = nn.logical_to_mesh(logical, self.rules)
+        plain = nn.meta.unbox(abstract_params)
+        if self.fsdp:
+            mesh_specs = jax.tree.map(lambda s, x: self._fsdp_spec(s, x.shape), mesh_specs,
+                                      plain, is_leaf=lambda s: isinstance(s, P))
+        return mesh_specs
+
+    def shardings(self, specs: Any) -> Any:
+        """PartitionSpec tree -> NamedSharding tree on this mesh."""
+        return jax.tree.map(lambda s: NamedSharding(self.mesh, s), specs,
+                            is_leaf=lambda s: isinstance(s, P))
+
+    def replicated(self) -> NamedSharding:
+        return NamedSharding(self.mesh, P())
+
+    def batch_sharding(self, ndim: int = 1) -> NamedSharding:
+        del ndim  # leading dim only; the rest is replicated
+        return NamedSharding(self.mesh, P(BATCH_AXES))
+
+    def batch_shardings(self, batch: dict[str, Any]) -> dict[str, NamedSharding]:
+        return {k: self.batch_sharding(np.ndim(v)) for k, v in batch.items()}
+
+    def shard_batch(self, local_batch: dict[str, np.ndarray]) -> dict[str, jax.Array]:
+        """This host's rows (global / process_count) -> globally sharded jax.Arrays."""
+        return {k: jax.make_array_from_process_local_data(self.batch_sharding(v.ndim), v)
+                for k, v in local_batch.items()}
+
+    # ------------------------------------------------------------------- jit
+    def jit(self, fn: Callable, *, in_shardings: Any = None, out_shardings: Any = None,
+            donate_argnums: Sequence[int] = ()) -> Callable:
+        """jax.jit with explicit shardings, traced under this mesh and the logical rules
+        (so the model's `nn.with_logical_constraint` calls resolve)."""
+        kwargs = {}
+        if in_shardings is not None:
+            kwargs["in_shardings"] = in_shardings
+        if out_shardings is not None:
+            kwargs["out_shardings"] = out_shardings
+        jitted = jax.jit(fn, donate_argnums=tuple(donate_argnums), **kwargs)
+
+        def call(*args):
+            with self.context():
+                return jitted(*args)
+
+        call.lower = lambda *args: self._lower(jitted, *args)  # type: ignore[attr-defined]
+        return call
+
+    def _lower(self, jitted, *args):
+        with self.context():
+            return jitted.lower(*args)
+
+    @contextlib.contextmanager
+    def context(self):
+        """Context manager: this mesh and the logical axis rules."""
+        with jax.set_mesh(self.mesh), nn.logical_axis_rules(self.rules):
+            yield
