@@ -257,7 +257,17 @@ def read_file(kind: str, path: str, opts: ReaderOptions = ReaderOptions()) -> It
         yield from FILE_READERS[kind](path, opts)
 
 
+def read_file_or_error(path: str, kind: str, opts: ReaderOptions = ReaderOptions()) -> Iterator[dict]:
+    """read_file, but a file that cannot be read at all becomes one error record (the job goes on)."""
+    try:
+        yield from read_file(kind, path, opts)
+    except (OSError, UnicodeDecodeError, ValueError) as e:
+        reason = "missing_file" if isinstance(e, FileNotFoundError) else (
+            "unreadable" if isinstance(e, OSError) else "bad_record")
+        yield _error(os.path.basename(path), kind, reason, f"{path}: {e}")
+
+
 def read_documents(kind: str, pattern: str, opts: ReaderOptions = ReaderOptions()) -> Iterator[dict]:
     """Every document of every file matching `pattern` (the plain, Beam-free path)."""
     for path in expand_input(kind, pattern):
-        yield from read_file(kind, path, opts)
+        yield from read_file_or_error(path, kind, opts)

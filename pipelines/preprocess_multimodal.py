@@ -59,7 +59,7 @@ class ReadMultimodalDocuments(beam.PTransform):
                     | "Parse" >> beam.Map(lambda fl: mm_readers.parse_line(kind, fl[0], fl[1]))
                     | "DropBlank" >> beam.Filter(lambda d: d is not None))
         else:
-            docs = files | "ReadFiles" >> beam.FlatMap(mm_readers.read_file, kind, self._opts)
+            docs = files | "ReadFiles" >> beam.FlatMap(mm_readers.read_file_or_error, kind, self._opts)
         return docs | "Reshuffle" >> beam.Reshuffle()
 
 

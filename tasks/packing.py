@@ -8,13 +8,13 @@ examples from any task work too), e.g.
      "image_bytes": [<uint8 2x2x3 raw>], "image_size": 2, ...}
 
 Output: batches in the model contract (pipelines/special_tokens.py ids), e.g.
-with length 12, one row, pack=True and a second text example [41, 7]:
+with length 13, one row, pack=True and a second text example [41, 70]:
 
-    decoder_target_tokens [[12,  4,  3,  3,  3,  3,  5, 88, 731, 1, 41,  7]]  (EOS 1 appended)
-    decoder_input_tokens  [[ 0, 12,  4,  3,  3,  3,  3,  5, 88, 731, 0, 41]]  (shifted per segment)
-    decoder_loss_weights  [[ 1,  0,  0,  0,  0,  0,  0,  1,  1,  1,  1,  1]]  (0 on BEGIN/placeholders/END)
-    decoder_segment_ids   [[ 1,  1,  1,  1,  1,  1,  1,  1,  1,  1,  2,  2]]
-    decoder_positions     [[ 0,  1,  2,  3,  4,  5,  6,  7,  8,  9,  0,  1]]
+    decoder_target_tokens [[12,  4,  3,  3,  3,  3,  5, 88, 731, 1, 41, 70,  1]]  (EOS 1 appended)
+    decoder_input_tokens  [[ 0, 12,  4,  3,  3,  3,  3,  5, 88, 731, 0, 41, 70]]  (shifted per segment)
+    decoder_loss_weights  [[ 1,  0,  0,  0,  0,  0,  0,  1,  1,  1,  1,  1,  1]]  (0 on BEGIN/placeholders/END)
+    decoder_segment_ids   [[ 1,  1,  1,  1,  1,  1,  1,  1,  1,  1,  2,  2,  2]]
+    decoder_positions     [[ 0,  1,  2,  3,  4,  5,  6,  7,  8,  9,  0,  1,  2]]
     images [1, Mi, 2, 2, 3] uint8 (row's images in token order), image_mask [1, Mi] bool
     audio [B, Ma, T, n_mels] float16, audio_lengths [B, Ma];  videos [B, Mv, F, H, W, 3] uint8, video_lengths
 
