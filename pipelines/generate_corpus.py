@@ -1,6 +1,7 @@
 """Beam job: the generated multimodal corpus of the demo, written as real-data manifests.
 
     python -m pipelines.generate_corpus --output_dir=/tmp/corpus --split=train --seed=0
+    python -m pipelines.generate_corpus --output_dir=/tmp/corpus --split=train,validation,test  # the demo's
 
 writes `<output_dir>/<split>/` (every path in a manifest is relative to it):
 
@@ -365,30 +366,47 @@ def is_complete(cfg: CorpusConfig) -> bool:
     return all(info.get(k) == v for k, v in cfg.to_json().items())
 
 
-def run(cfg: CorpusConfig, beam_args: Sequence[str] = (), *, force: bool = False) -> dict:
-    """Generates one split (skipped when already complete, unless `force`); returns its info."""
+def run_splits(cfgs: Sequence[CorpusConfig], beam_args: Sequence[str] = (), *,
+               force: bool = False) -> dict[str, dict]:
+    """Generates several splits in one Beam pipeline (complete ones skipped unless `force`).
+
+    Returns {split: corpus_info}.
+    """
     started = time.time()
-    if not force and is_complete(cfg):
-        print(f"[generate_corpus] {cfg.split_dir} is complete for these settings; skipping "
-              f"(--force to regenerate)", flush=True)
-    else:
+    todo = []
+    for cfg in cfgs:
+        if not force and is_complete(cfg):
+            print(f"[generate_corpus] {cfg.split_dir} is complete for these settings; skipping "
+                  f"(--force to regenerate)", flush=True)
+            continue
         if not media_io.has_scheme(cfg.split_dir) and os.path.isdir(cfg.split_dir):
             shutil.rmtree(cfg.split_dir)  # no stale files from an earlier, different run
-        options = beam_options.pipeline_options(beam_args)
-        with beam.Pipeline(options=options) as pipeline:
-            _ = pipeline | "GenerateCorpus" >> GenerateCorpus(cfg, started)
-    info = json.loads(media_io.read_text(join(cfg.split_dir, INFO_FILE)))
-    counts = ", ".join(f"{n} {k}" for k, n in info["written"].items())
-    print(f"[generate_corpus] {cfg.split}: {counts} -> {cfg.split_dir} "
-          f"({time.time() - started:.1f} s)", flush=True)
-    return info
+        todo.append(cfg)
+    if todo:
+        print(f"[generate_corpus] generating {', '.join(c.split for c in todo)} ...", flush=True)
+        with beam.Pipeline(options=beam_options.pipeline_options(beam_args)) as pipeline:
+            for cfg in todo:
+                _ = pipeline | f"GenerateCorpus_{cfg.split}" >> GenerateCorpus(cfg, started)
+    infos = {}
+    for cfg in cfgs:
+        info = infos[cfg.split] = json.loads(media_io.read_text(join(cfg.split_dir, INFO_FILE)))
+        counts = ", ".join(f"{n} {k}" for k, n in info["written"].items())
+        print(f"[generate_corpus] {cfg.split}: {counts} -> {cfg.split_dir}", flush=True)
+    print(f"[generate_corpus] done in {time.time() - started:.1f} s", flush=True)
+    return infos
 
 
-def parse_args(argv: Sequence[str]) -> tuple[CorpusConfig, bool, list[str]]:
+def run(cfg: CorpusConfig, beam_args: Sequence[str] = (), *, force: bool = False) -> dict:
+    """Generates one split (skipped when already complete, unless `force`); returns its info."""
+    return run_splits([cfg], beam_args, force=force)[cfg.split]
+
+
+def parse_args(argv: Sequence[str]) -> tuple[list[CorpusConfig], bool, list[str]]:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--output_dir", required=True, help="the corpus root; the split goes to <output_dir>/<split>")
-    p.add_argument("--split", default="train", choices=seeding.SPLITS)
+    p.add_argument("--output_dir", required=True, help="the corpus root; a split goes to <output_dir>/<split>")
+    p.add_argument("--split", default="train",
+                   help=f"one of {seeding.SPLITS}, or several joined by commas (one Beam pipeline)")
     p.add_argument("--seed", type=int, default=0, help="base seed; the split is mixed in (disjoint streams)")
     p.add_argument("--num_examples", type=int, default=None,
                    help="every kind's count at once (overridden by the --num_<kind> flags)")
@@ -407,25 +425,34 @@ def parse_args(argv: Sequence[str]) -> tuple[CorpusConfig, bool, list[str]]:
                         "(18/20 of chunks to train, 1/20 each to validation and test) instead of generated text")
     p.add_argument("--force", action="store_true", help="regenerate even when the split is complete")
     args, beam_args = p.parse_known_args(argv)
-    counts = {}
-    for kind in KINDS:
-        n = getattr(args, f"num_{kind}")
-        if n is None:
-            n = args.num_examples if args.num_examples is not None else DEMO_SIZES[args.split][kind]
-        counts[kind] = n
+    splits = [s.strip() for s in args.split.split(",") if s.strip()]
+    bad = [s for s in splits if s not in seeding.SPLITS]
+    if bad or not splits or len(set(splits)) != len(splits):
+        p.error(f"--split={args.split!r}: use distinct names from {seeding.SPLITS}, e.g. --split=train,test")
     missing = [b for b in args.books if not media_io.has_scheme(b) and not os.path.isfile(b)]
     if missing:
         p.error(f"--books: no such file(s) {missing}")
-    cfg = CorpusConfig(output_dir=args.output_dir, split=args.split, seed=args.seed,
-                       counts=tuple(counts.items()), image_size=args.image_size, frame_size=args.frame_size,
-                       num_frames=args.num_frames, fps=args.fps, num_digits=(args.min_digits, args.max_digits),
-                       books=tuple(args.books))
-    return cfg, args.force, beam_args
+    cfgs = []
+    for split in splits:
+        counts = {}
+        for kind in KINDS:
+            n = getattr(args, f"num_{kind}")
+            if n is None:
+                n = args.num_examples if args.num_examples is not None else DEMO_SIZES[split][kind]
+            counts[kind] = n
+        try:
+            cfgs.append(CorpusConfig(
+                output_dir=args.output_dir, split=split, seed=args.seed, counts=tuple(counts.items()),
+                image_size=args.image_size, frame_size=args.frame_size, num_frames=args.num_frames,
+                fps=args.fps, num_digits=(args.min_digits, args.max_digits), books=tuple(args.books)))
+        except ValueError as e:
+            p.error(str(e))
+    return cfgs, args.force, beam_args
 
 
 def main(argv: Sequence[str] | None = None) -> None:
-    cfg, force, beam_args = parse_args(sys.argv[1:] if argv is None else argv)
-    run(cfg, beam_args, force=force)
+    cfgs, force, beam_args = parse_args(sys.argv[1:] if argv is None else argv)
+    run_splits(cfgs, beam_args, force=force)
 
 
 if __name__ == "__main__":

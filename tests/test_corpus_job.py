@@ -13,11 +13,13 @@ from pipelines.synthetic import text
 
 def test_cli_defaults_are_the_demo_sizes_per_split():
     for split in ("train", "validation", "test"):
-        cfg, force, beam_args = gc.parse_args(["--output_dir=/tmp/x", f"--split={split}"])
+        (cfg,), force, beam_args = gc.parse_args(["--output_dir=/tmp/x", f"--split={split}"])
         assert dict(cfg.counts) == gc.DEMO_SIZES[split] and not force and beam_args == []
         assert cfg == gc.CorpusConfig.demo("/tmp/x", split)
-    cfg, _, beam_args = gc.parse_args(["--output_dir=/tmp/x", "--num_examples=7", "--num_video=3",
-                                       "--direct_num_workers=1"])
+    cfgs, _, _ = gc.parse_args(["--output_dir=/tmp/x", "--split=train,validation,test"])
+    assert cfgs == [gc.CorpusConfig.demo("/tmp/x", s) for s in ("train", "validation", "test")]
+    (cfg,), _, beam_args = gc.parse_args(["--output_dir=/tmp/x", "--num_examples=7", "--num_video=3",
+                                          "--direct_num_workers=1"])
     assert dict(cfg.counts) == {"image": 7, "speech": 7, "video": 3, "interleaved": 7, "text": 7}
     assert beam_args == ["--direct_num_workers=1"]  # left for Beam's PipelineOptions
 
@@ -29,8 +31,10 @@ def test_config_validates_and_says_how_to_fix():
         gc.CorpusConfig(output_dir="/tmp/x", split="train", counts=(("video", -1),))
     with pytest.raises(ValueError, match="frame_size must be even"):
         gc.CorpusConfig(output_dir="/tmp/x", split="train", frame_size=31)
-    with pytest.raises(SystemExit):
-        gc.parse_args(["--output_dir=/tmp/x", "--books", "/nonexistent/book.txt"])
+    for bad in (["--books", "/nonexistent/book.txt"], ["--split=train,val"], ["--split=test,test"],
+                ["--num_image=-2"]):
+        with pytest.raises(SystemExit):
+            gc.parse_args(["--output_dir=/tmp/x", *bad])
 
 
 def test_held_out_splits_are_different_examples():
@@ -90,9 +94,11 @@ def test_job_writes_every_manifest_deterministically(tmp_path, capsys):
     texts = [json.loads(l)["text"] for l in (root / "text/documents.jsonl").read_text().splitlines()]
     assert texts and all(t.startswith("Paragraph ") for t in texts)
 
-    # Same flags, another worker count -> byte-identical corpus.
+    # Same flags, another worker count, sharing a pipeline with another split -> byte-identical corpus.
     cfg_b = gc.CorpusConfig(**{**cfg.__dict__, "output_dir": str(tmp_path / "b")})
-    gc.run(cfg_b, ["--direct_num_workers=1"])
+    cfg_b_test = gc.CorpusConfig(str(tmp_path / "b"), "test", counts=(("image", 2), ("video", 1)))
+    infos = gc.run_splits([cfg_b, cfg_b_test], ["--direct_num_workers=1"])
+    assert infos["test"]["written"] == {"image": 2, "speech": 0, "video": 1, "interleaved": 0, "text": 0}
     assert _tree(root) == _tree(tmp_path / "b" / "validation")
     # ... and the plain loop writes the very same files.
     gc.generate_in_process(gc.CorpusConfig(**{**cfg.__dict__, "output_dir": str(tmp_path / "c")}))
