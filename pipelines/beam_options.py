@@ -25,7 +25,8 @@ def pipeline_options(beam_args: Sequence[str], *, num_workers: int | None = None
         standard.runner = LOCAL_RUNNER
         direct = options.view_as(DirectOptions)
         direct.direct_running_mode = "multi_processing"
-        if not direct.direct_num_workers:
+        # DirectOptions defaults direct_num_workers to 1, so "unset" means: not on the command line.
+        if not any(a.startswith("--direct_num_workers") for a in beam_args):
             direct.direct_num_workers = num_workers or os.cpu_count() or 1
         worker = options.view_as(WorkerOptions)
         if not worker.default_sdk_harness_log_level:
