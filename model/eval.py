@@ -1,0 +1,138 @@
+"""Batch evaluation entry point: `python -m model.eval --gin_file=gin/runs/eval.gin ...`.
+
+    python -m model.eval --gin_file=gin/models/tiny.gin --gin_file=gin/runs/eval.gin \
+        --gin.CHECKPOINT_PATH=/tmp/tiny --gin.EVAL_OUTPUT_DIR=/tmp/tiny/eval
+
+loads a checkpoint (`model.checkpointing.restore_params`; CHECKPOINT_PATH=None
+evaluates the untrained model from `init_seed`), runs each configured suite with
+batched, length-bucketed, jitted scoring, and writes the report directory
+(`model/evaluation/report.py`): results.json, samples_<suite>.jsonl, report.md,
+report.html. Rerunning with the same output dir resumes: finished suites are kept,
+and a suite that was cut short scores only its missing samples.
+
+Eval inputs (tokenized prompts, documents) reach the suites through gin bindings to
+`tasks/eval_inputs.py`; this module never imports tasks/, SeqIO or TensorFlow.
+"""
+from __future__ import annotations
+
+import logging
+import pathlib
+import sys
+import time
+from typing import Any, Callable, Sequence
+
+import gin
+import jax
+import numpy as np
+
+from model import checkpointing, gin_flags
+from model import models  # noqa: F401  - registers DecoderOnlyModel with gin
+from model.evaluation import report, scoring, suites as suites_lib
+
+log = logging.getLogger("tapestry.eval")
+
+SectionsFn = Callable[[pathlib.Path, dict[str, Any]], list[report.Section]]
+
+
+def unbox(params: Any) -> Any:
+    """Plain arrays from flax-boxed (nn.Partitioned) params."""
+    import flax.linen as nn
+    return nn.unbox(params) if params is not None else params
+
+
+def make_score_fn(model: Any, params: Any) -> scoring.ScoreFn:
+    """numpy batch -> numpy [B, L] log-likelihoods, jitted once per batch shape."""
+    jitted = jax.jit(model.score_batch)
+
+    def score(batch: dict[str, np.ndarray]) -> np.ndarray:
+        return np.asarray(jitted(params, batch))
+
+    return score
+
+
+def load_params(model: Any, checkpoint_path: str | None, step: int | None,
+                init_seed: int, max_length: int) -> tuple[Any, int | None]:
+    """Checkpoint params (and step), or freshly initialised ones when no checkpoint."""
+    if checkpoint_path:
+        params, step = checkpointing.restore_params(checkpoint_path, step)
+        return unbox(params), step
+    dummy = scoring.build_batch([], max_length, 1)
+    return unbox(model.init(jax.random.PRNGKey(init_seed), dummy)), None
+
+
+@gin.configurable
+def evaluate(*, model: Any = gin.REQUIRED, suites: Sequence[Any] = gin.REQUIRED,
+             output_dir: str = gin.REQUIRED, checkpoint_path: str | None = gin.REQUIRED,
+             step: int | None = None, batch_size: int = 16, max_length: int | None = None,
+             buckets: Sequence[int] | None = None, init_seed: int = 0,
+             title: str = "Tapestry evaluation", progress: bool = True,
+             extra_sections: Sequence[SectionsFn] = (),
+             score_fn: scoring.ScoreFn | None = None, params: Any = None) -> dict[str, Any]:
+    """Runs `suites` and writes the report to `output_dir`; returns results.json's content.
+
+    `extra_sections` are callables (output_dir, results) -> [Section] appended to the
+    report (e.g. training curves). `score_fn` replaces the model scorer (tests).
+    """
+    out = pathlib.Path(output_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    max_length = max_length or model.config.max_len
+    ckpt_step = step
+    if score_fn is None:
+        if params is None:
+            params, ckpt_step = load_params(model, checkpoint_path, step, init_seed, max_length)
+        score_fn = make_score_fn(model, params)
+    scorer = scoring.BatchedScorer(score_fn, max_length, batch_size, buckets)
+    ctx = suites_lib.Context(scorer=scorer, out_dir=out, progress=progress)
+    results = report.load_results(out)
+    meta = report.run_metadata(checkpoint_path, ckpt_step, max_length=max_length,
+                               batch_size=batch_size, devices=str(jax.devices()),
+                               model_config=repr(getattr(model, "config", None)))
+    if results.get("meta", {}).get("checkpoint_step") not in (None, ckpt_step):
+        raise ValueError(
+            f"{out} holds results of checkpoint step {results['meta']['checkpoint_step']}, "
+            f"not {ckpt_step}; use another output dir to evaluate this step")
+    results["meta"] = meta
+    sections: list[report.Section] = []
+    for suite in suites:
+        t0 = time.perf_counter()
+        res = suite.run(ctx)
+        log.info("%s done in %.1fs: %s", res.name, time.perf_counter() - t0,
+                 {k: v for k, v in res.metrics.items() if isinstance(v, (int, float))})
+        prev = results["tasks"].get(res.name, {})
+        results["tasks"][res.name] = {
+            "metrics": res.metrics, "config": res.config,
+            "timing": res.timing if res.timing["new_samples"] else prev.get("timing", res.timing),
+        }
+        report.save_results(out, results)
+        sections += res.sections
+    extra = [s for fn in extra_sections for s in fn(out, results)]
+    md, html = report.write_report(out, title, _meta_for_report(meta, results), sections, extra)
+    log.info("report: %s", html)
+    print(f"eval report: {html}")
+    return results
+
+
+def _meta_for_report(meta: dict[str, Any], results: dict[str, Any]) -> dict[str, Any]:
+    shown = {k: meta[k] for k in ("date", "git_commit", "checkpoint", "checkpoint_step",
+                                  "max_length", "batch_size", "devices") if k in meta}
+    for name, t in results["tasks"].items():
+        timing = t.get("timing", {})
+        if timing.get("seconds"):
+            shown[f"{name} time"] = (f"{timing['seconds']:.1f}s, "
+                                     f"{timing['samples_per_second']:.1f} samples/s")
+    return shown
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
+    try:
+        gin_flags.parse_gin_flags(argv, "Evaluate a Tapestry checkpoint (T5X-style gin flags).")
+    except (ValueError, gin_flags.GinFlagError) as e:
+        print(f"gin configuration error: {e}", file=sys.stderr)
+        return 2
+    evaluate()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,230 @@
+"""The evaluation report directory.
+
+    <out>/results.json          per task: metrics, stderr, n, n-shot, config, timing;
+                                plus run metadata (versions, git commit, checkpoint step, date)
+    <out>/samples_<task>.jsonl  one line per sample: inputs as sent, target, outputs or
+                                scores, per-sample metric, SHA-256 of doc, prompt, target
+    <out>/report.md             tables, with plots under <out>/plots/*.png
+    <out>/report.html           the same, self-contained (plots inlined as base64 PNGs)
+
+A report is a list of `Section`s; each eval suite contributes its own, and callers
+may append more (training curves, ...) through `write_report(extra_sections=...)`.
+`SampleLog` appends samples as they are scored, so an interrupted eval resumes
+where it stopped.
+"""
+from __future__ import annotations
+
+import base64
+import dataclasses
+import datetime
+import hashlib
+import html
+import json
+import os
+import pathlib
+import subprocess
+from typing import Any, Iterable, Mapping, Sequence
+
+
+def sha256_text(value: Any) -> str:
+    """SHA-256 hex of a string, or of a JSON value serialised with sorted keys."""
+    text = value if isinstance(value, str) else json.dumps(value, sort_keys=True, ensure_ascii=False)
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()
+
+
+def sample_hashes(doc: Any, prompt: str, target: str) -> dict[str, str]:
+    """lm-eval-style `doc_hash`, `prompt_hash`, `target_hash`."""
+    return {"doc_hash": sha256_text(doc), "prompt_hash": sha256_text(prompt),
+            "target_hash": sha256_text(target)}
+
+
+class SampleLog:
+    """Append-only `samples_<task>.jsonl`; `done` maps sample id -> record already written.
+
+    A torn last line (the process died mid-write) is dropped on open.
+    """
+
+    def __init__(self, out_dir: str | os.PathLike, task: str):
+        pathlib.Path(out_dir).mkdir(parents=True, exist_ok=True)
+        self.path = pathlib.Path(out_dir) / f"samples_{task}.jsonl"
+        self.done: dict[str, dict[str, Any]] = {}
+        if self.path.exists():
+            good = []
+            for line in self.path.read_text(encoding="utf-8").splitlines():
+                try:
+                    rec = json.loads(line)
+                except json.JSONDecodeError:
+                    break
+                self.done[str(rec["sample_id"])] = rec
+                good.append(line)
+            self.path.write_text("".join(l + "\n" for l in good), encoding="utf-8")
+
+    def append(self, records: Iterable[Mapping[str, Any]]) -> None:
+        with self.path.open("a", encoding="utf-8") as f:
+            for rec in records:
+                if "sample_id" not in rec:
+                    raise ValueError("each sample record needs a 'sample_id'")
+                f.write(json.dumps(rec, ensure_ascii=False, default=_json_default) + "\n")
+                self.done[str(rec["sample_id"])] = dict(rec)
+            f.flush()
+            os.fsync(f.fileno())
+
+    def records(self) -> list[dict[str, Any]]:
+        return list(self.done.values())
+
+
+def _json_default(obj: Any) -> Any:
+    import numpy as np
+    if isinstance(obj, np.generic):
+        return obj.item()
+    if isinstance(obj, np.ndarray):
+        return obj.tolist()
+    raise TypeError(f"not JSON serialisable: {type(obj).__name__}")
+
+
+@dataclasses.dataclass
+class Table:
+    headers: Sequence[str]
+    rows: Sequence[Sequence[Any]]
+
+
+@dataclasses.dataclass
+class Figure:
+    name: str  # file stem under plots/
+    caption: str
+    png: bytes
+
+
+@dataclasses.dataclass
+class Section:
+    """One titled part of the report: paragraphs, tables, figures (in that order)."""
+    title: str
+    paragraphs: Sequence[str] = ()
+    tables: Sequence[Table] = ()
+    figures: Sequence[Figure] = ()
+
+
+def fmt(value: Any) -> str:
+    """Compact cell text: 4 significant decimals for floats, '—' for None/nan."""
+    if value is None:
+        return "—"
+    if isinstance(value, float):
+        if value != value:  # nan
+            return "—"
+        return f"{value:.4f}" if abs(value) < 1e4 else f"{value:.4g}"
+    return str(value)
+
+
+def git_commit(repo: str | os.PathLike | None = None) -> str | None:
+    """HEAD commit of the repository (with '+dirty' when the tree has changes)."""
+    repo = repo or pathlib.Path(__file__).resolve().parents[2]
+    try:
+        head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=repo, capture_output=True,
+                              text=True, check=True, timeout=10).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"],
+                               cwd=repo, capture_output=True, text=True, timeout=10).stdout.strip()
+        return head + ("+dirty" if dirty else "")
+    except (OSError, subprocess.SubprocessError):
+        return None
+
+
+def versions() -> dict[str, str]:
+    """Versions of the packages that decide the numbers."""
+    import importlib.metadata as md
+    out = {}
+    for pkg in ("jax", "jaxlib", "flax", "numpy", "jiwer", "whisper-normalizer", "scipy",
+                "sentencepiece", "seqio", "tapestry"):
+        try:
+            out[pkg] = md.version(pkg)
+        except md.PackageNotFoundError:
+            continue
+    return out
+
+
+def run_metadata(checkpoint: str | None, step: int | None, **extra: Any) -> dict[str, Any]:
+    return {
+        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "git_commit": git_commit(), "versions": versions(),
+        "checkpoint": checkpoint, "checkpoint_step": step, **extra,
+    }
+
+
+def load_results(out_dir: str | os.PathLike) -> dict[str, Any]:
+    path = pathlib.Path(out_dir) / "results.json"
+    if path.exists():
+        return json.loads(path.read_text(encoding="utf-8"))
+    return {"meta": {}, "tasks": {}}
+
+
+def finite_or_none(value: Any) -> Any:
+    """Replaces nan/inf floats (e.g. the stderr of n=1) by None, recursively: strict JSON."""
+    if isinstance(value, float) and (value != value or value in (float("inf"), float("-inf"))):
+        return None
+    if isinstance(value, Mapping):
+        return {k: finite_or_none(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [finite_or_none(v) for v in value]
+    return value
+
+
+def save_results(out_dir: str | os.PathLike, results: Mapping[str, Any]) -> pathlib.Path:
+    """Writes results.json atomically (temp file + rename); nan/inf become null."""
+    path = pathlib.Path(out_dir) / "results.json"
+    tmp = path.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps(finite_or_none(results), indent=2, default=_json_default,
+                              allow_nan=False), encoding="utf-8")
+    tmp.replace(path)
+    return path
+
+
+def _md_table(t: Table) -> str:
+    head = "| " + " | ".join(t.headers) + " |\n|" + "---|" * len(t.headers) + "\n"
+    return head + "".join("| " + " | ".join(fmt(c) for c in r) + " |\n" for r in t.rows)
+
+
+def _html_table(t: Table) -> str:
+    head = "".join(f"<th>{html.escape(h)}</th>" for h in t.headers)
+    body = "".join("<tr>" + "".join(f"<td>{html.escape(fmt(c))}</td>" for c in r) + "</tr>"
+                   for r in t.rows)
+    return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
+
+
+_CSS = """body{font-family:system-ui,sans-serif;max-width:1000px;margin:2em auto;padding:0 1em;color:#222}
+table{border-collapse:collapse;margin:1em 0;font-size:14px}td,th{border:1px solid #ccc;padding:3px 8px;text-align:right}
+th{background:#f3f3f3}td:first-child,th:first-child{text-align:left}img{max-width:100%}
+figure{margin:1em 0}figcaption{font-size:13px;color:#555}code{background:#f5f5f5;padding:0 3px}"""
+
+
+def write_report(out_dir: str | os.PathLike, title: str, meta: Mapping[str, Any],
+                 sections: Sequence[Section],
+                 extra_sections: Sequence[Section] = ()) -> tuple[pathlib.Path, pathlib.Path]:
+    """Writes report.md (+ plots/*.png) and self-contained report.html; returns both paths."""
+    out = pathlib.Path(out_dir)
+    (out / "plots").mkdir(parents=True, exist_ok=True)
+    all_sections = list(sections) + list(extra_sections)
+    meta_rows = [(k, v if not isinstance(v, (dict, list)) else json.dumps(v))
+                 for k, v in meta.items()]
+    md = [f"# {title}\n", _md_table(Table(("run", "value"), meta_rows))]
+    body = [f"<h1>{html.escape(title)}</h1>", _html_table(Table(("run", "value"), meta_rows))]
+    for s in all_sections:
+        md.append(f"\n## {s.title}\n")
+        body.append(f"<h2>{html.escape(s.title)}</h2>")
+        for p in s.paragraphs:
+            md.append(p + "\n")
+            body.append(f"<p>{html.escape(p)}</p>")
+        for t in s.tables:
+            md.append(_md_table(t))
+            body.append(_html_table(t))
+        for f in s.figures:
+            (out / "plots" / f"{f.name}.png").write_bytes(f.png)
+            md.append(f"\n![{f.caption}](plots/{f.name}.png)\n")
+            b64 = base64.b64encode(f.png).decode("ascii")
+            body.append(f'<figure><img alt="{html.escape(f.caption)}" '
+                        f'src="data:image/png;base64,{b64}"><figcaption>'
+                        f"{html.escape(f.caption)}</figcaption></figure>")
+    md_path, html_path = out / "report.md", out / "report.html"
+    md_path.write_text("\n".join(md), encoding="utf-8")
+    html_path.write_text(
+        f"<!DOCTYPE html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title>"
+        f"<style>{_CSS}</style></head><body>{''.join(body)}</body></html>", encoding="utf-8")
+    return md_path, html_path

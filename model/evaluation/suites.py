@@ -1,0 +1,236 @@
+"""Eval suites: each turns its inputs into model calls, samples and metrics.
+
+A suite is gin-configurable; its `inputs_fn` is bound in gin to a function of
+`tasks/eval_inputs.py` (model/ never imports tasks/). `run(ctx)` scores or decodes
+only the samples not already in `samples_<name>.jsonl` (resume), appends each
+finished sample there, and returns a `SuiteResult` built from *all* samples in the
+log, so an interrupted eval resumed later reports exactly what an uninterrupted one
+would.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import pathlib
+import time
+from typing import Any, Callable, Mapping, Sequence
+
+import gin
+import numpy as np
+
+from model.evaluation import lm as lm_metrics
+from model.evaluation import long_context, mmlu as mmlu_metrics, plots, report, scoring
+from model.evaluation.report import Figure, Section, Table
+
+InputsFn = Callable[[], list[dict[str, Any]]]
+
+
+@dataclasses.dataclass
+class Context:
+    """What suites may use: a batched scorer, the output dir, a progress switch."""
+    scorer: scoring.BatchedScorer
+    out_dir: pathlib.Path
+    progress: bool = True
+    generate: Callable[..., list[list[int]]] | None = None  # decoding suites
+    detokenize: Callable[[Sequence[int]], str] | None = None
+
+
+@dataclasses.dataclass
+class SuiteResult:
+    name: str
+    metrics: dict[str, Any]
+    config: dict[str, Any]
+    sections: list[Section]
+    timing: dict[str, float]
+
+
+def _progress(total: int, desc: str, enabled: bool):
+    from tqdm import tqdm
+    return tqdm(total=total, desc=desc, disable=not enabled, unit="batch", dynamic_ncols=True)
+
+
+def _timing(start: float, n_new: int, n_requests: int) -> dict[str, float]:
+    secs = time.perf_counter() - start
+    return {"seconds": secs, "new_samples": n_new, "requests": n_requests,
+            "samples_per_second": n_new / secs if secs > 0 and n_new else 0.0}
+
+
+@gin.configurable
+class MMLUSuite:
+    """MMLU multiple choice, scored like lm-eval (argmax log-likelihood of ` A`..` D`)."""
+
+    def __init__(self, inputs_fn: InputsFn = gin.REQUIRED, name: str = "mmlu"):
+        self.inputs_fn = inputs_fn
+        self.name = name
+
+    def run(self, ctx: Context) -> SuiteResult:
+        start = time.perf_counter()
+        records = self.inputs_fn()
+        if not records:
+            raise ValueError(f"{self.name}: inputs_fn returned no records")
+        log = report.SampleLog(ctx.out_dir, self.name)
+        todo = [r for r in records if r["sample_id"] not in log.done]
+        requests, owner = [], []
+        for qi, r in enumerate(todo):
+            for ci, cont in enumerate(r["continuation_ids"]):
+                requests.append(scoring.Request(r["context_ids"], cont))
+                owner.append((qi, ci))
+        lls: dict[int, dict[int, float]] = {}
+        max_len = ctx.scorer.max_length
+        with _progress(ctx.scorer.num_batches(requests), self.name, ctx.progress) as bar:
+            for idx, scores in ctx.scorer.iter_scores(requests):
+                finished = []
+                for i, s in zip(idx, scores):
+                    qi, ci = owner[i]
+                    lls.setdefault(qi, {})[ci] = s.loglikelihood
+                    if len(lls[qi]) == len(todo[qi]["continuation_ids"]):
+                        finished.append(qi)
+                log.append(self._sample(todo[qi], lls.pop(qi), max_len) for qi in finished)
+                bar.update(1)
+        samples = [log.done[r["sample_id"]] for r in records]
+        metrics = mmlu_metrics.aggregate(samples)
+        num_shots = records[0].get("num_shots")
+        config = {"num_shots": num_shots, "num_questions": len(records),
+                  "num_subjects": metrics["overall"]["num_subjects"],
+                  "max_length": max_len, "batch_size": ctx.scorer.batch_size,
+                  "truncated_prompts": sum(1 for s in samples if s["truncated"]),
+                  "prompt": "lm-eval mmlu default template, first_n few-shot from dev"}
+        return SuiteResult(self.name, metrics, config, self._sections(metrics, config),
+                           _timing(start, len(todo), len(requests)))
+
+    @staticmethod
+    def _sample(r: Mapping[str, Any], lls: Mapping[int, float], max_len: int) -> dict[str, Any]:
+        ll = [lls[i] for i in range(len(r["continuation_ids"]))]
+        pred = mmlu_metrics.predict(ll)
+        longest = max(len(c) for c in r["continuation_ids"])
+        return {
+            "sample_id": r["sample_id"], "subject": r["subject"],
+            "doc": json.loads(r["doc"]) if isinstance(r["doc"], str) else r["doc"],
+            "prompt": r["prompt"], "choices": r["choices"], "target": r["target"],
+            "label": r["label"], "loglikelihoods": ll, "prediction": pred,
+            "acc": float(pred == r["label"]),
+            "num_prompt_tokens": len(r["context_ids"]),
+            "truncated": len(r["context_ids"]) + longest > max_len,
+            **report.sample_hashes(r["doc"], r["prompt"], r["target"]),
+        }
+
+    def _sections(self, m: Mapping[str, Any], config: Mapping[str, Any]) -> list[Section]:
+        o = m["overall"]
+        paragraphs = [
+            f"{config['num_shots']}-shot, {o['n']} questions over {o['num_subjects']} subjects; "
+            f"prompts longer than the model's {config['max_length']} tokens are left-truncated "
+            f"({config['truncated_prompts']} of them). Chance is 0.25.",
+        ]
+        overall = Table(("average", "acc", "stderr", "n"), [
+            ("micro (weighted by questions)", o["acc"], o["acc_stderr"], o["n"]),
+            ("macro (mean over subjects)", o["acc_macro"], o["acc_macro_stderr"],
+             o["num_subjects"])])
+        cats = Table(("category", "acc", "stderr", "n", "subjects"),
+                     [(c, v["acc"], v["acc_stderr"], v["n"], v["num_subjects"])
+                      for c, v in m["categories"].items()])
+        subs = Table(("subject", "category", "acc", "stderr", "n"),
+                     [(s, mmlu_metrics.category_of(s), v["acc"], v["acc_stderr"], v["n"])
+                      for s, v in m["subjects"].items()])
+        fig = Figure(f"{self.name}_categories", "MMLU accuracy per category (±1 stderr)",
+                     plots.accuracy_bars(m["categories"], title="MMLU by category", chance=0.25))
+        return [Section(f"MMLU ({self.name})", paragraphs, [overall, cats, subs], [fig])]
+
+
+@gin.configurable
+class TextLMSuite:
+    """Bits per byte and token perplexity on held-out documents.
+
+    Every token of a document is scored once, in windows of the model length seeing up
+    to `context` earlier tokens. With `position_curve`, the first window of each
+    document keeps its per-token NLL for the cumulative-NLL-by-position curve and its
+    power-law fit (documents shorter than `min_curve_tokens` are left out of the curve).
+    """
+
+    def __init__(self, inputs_fn: InputsFn = gin.REQUIRED, name: str = "text_lm",
+                 context: int = 0, position_curve: bool = False, min_curve_tokens: int = 64):
+        self.inputs_fn = inputs_fn
+        self.name = name
+        self.context = context
+        self.position_curve = position_curve
+        self.min_curve_tokens = min_curve_tokens
+
+    def run(self, ctx: Context) -> SuiteResult:
+        start = time.perf_counter()
+        docs = [d for d in self.inputs_fn() if d["token_ids"]]
+        if not docs:
+            raise ValueError(f"{self.name}: inputs_fn returned no non-empty documents")
+        log = report.SampleLog(ctx.out_dir, self.name)
+        todo = [d for d in docs if d["sample_id"] not in log.done]
+        requests, owner = [], []
+        for di, d in enumerate(todo):
+            windows = scoring.rolling_requests(d["token_ids"], ctx.scorer.max_length,
+                                               self.context)
+            for wi, w in enumerate(windows):
+                keep = self.position_curve and wi == 0
+                requests.append(dataclasses.replace(w, keep_token_scores=keep))
+                owner.append((di, wi, len(windows)))
+        acc: dict[int, dict[int, scoring.Score]] = {}
+        with _progress(ctx.scorer.num_batches(requests), self.name, ctx.progress) as bar:
+            for idx, scores in ctx.scorer.iter_scores(requests):
+                finished = []
+                for i, s in zip(idx, scores):
+                    di, wi, nw = owner[i]
+                    acc.setdefault(di, {})[wi] = s
+                    if len(acc[di]) == nw:
+                        finished.append(di)
+                log.append(self._sample(todo[di], acc.pop(di)) for di in finished)
+                bar.update(1)
+        samples = [log.done[d["sample_id"]] for d in docs]
+        metrics = lm_metrics.aggregate(samples)
+        curve_docs = [s["first_window_nll"] for s in samples
+                      if s.get("first_window_nll") and
+                      len(s["first_window_nll"]) >= self.min_curve_tokens]
+        if self.position_curve and curve_docs:
+            mean = long_context.mean_nll_by_position(curve_docs)
+            cum = long_context.cumulative_average(mean)
+            fit = long_context.fit_power_law(cum) if cum.size >= 4 else None
+            metrics["nll_by_position"] = {"num_documents": len(curve_docs),
+                                          "cumulative_nll": cum.round(5).tolist(),
+                                          "power_law_fit": fit}
+        config = {"max_length": ctx.scorer.max_length, "context": self.context,
+                  "num_documents": len(docs), "batch_size": ctx.scorer.batch_size}
+        return SuiteResult(self.name, metrics, config, self._sections(metrics),
+                           _timing(start, len(todo), len(requests)))
+
+    @staticmethod
+    def _sample(d: Mapping[str, Any], windows: Mapping[int, scoring.Score]) -> dict[str, Any]:
+        nll = -sum(w.loglikelihood for w in windows.values())
+        n_tok = sum(w.num_tokens for w in windows.values())
+        n_bytes = len(d["text"].encode("utf-8"))
+        first = windows[0].token_logliks
+        return {
+            "sample_id": d["sample_id"], "text": d["text"], "target": d["text"],
+            "nll": nll, "num_tokens": n_tok, "num_bytes": n_bytes,
+            "bits_per_byte": lm_metrics.bits_per_byte(nll, n_bytes),
+            "first_window_nll": None if first is None else (-first).round(5).tolist(),
+            **report.sample_hashes(d["text"], d["text"], d["text"]),
+        }
+
+    def _sections(self, m: Mapping[str, Any]) -> list[Section]:
+        table = Table(("metric", "value"), [
+            ("bits per byte", m["bits_per_byte"]), ("token perplexity", m["token_perplexity"]),
+            ("NLL per token (nats)", m["nll_per_token"]), ("documents", m["n"]),
+            ("tokens", m["num_tokens"]), ("bytes", m["num_bytes"])])
+        paragraphs = ["bpb = total NLL in nats / (UTF-8 bytes × ln 2); "
+                      "perplexity = exp(total NLL / scored tokens)."]
+        figures = []
+        curve = m.get("nll_by_position")
+        if curve:
+            fit = curve["power_law_fit"]
+            if fit:
+                paragraphs.append(
+                    f"Cumulative average NLL by position over {curve['num_documents']} documents, "
+                    f"fit L(x) = a·x^b + c: a={fit['a']:.4g}, b={fit['b']:.4g}, c={fit['c']:.4g}, "
+                    f"R²={fit['r2']:.4f}.")
+            figures.append(Figure(f"{self.name}_nll_by_position",
+                                  "Cumulative average NLL by token position, with power-law fit",
+                                  plots.curve_with_fit(curve["cumulative_nll"], fit,
+                                                       title="NLL vs position",
+                                                       xlabel="token position",
+                                                       ylabel="cumulative avg NLL (nats)")))
+        return [Section(f"Language modelling ({self.name})", paragraphs, [table], figures)]
