@@ -155,6 +155,7 @@ class TrainResult:
     last_metrics: dict[str, Any]
     last_eval: dict[str, float] | None
     model_dir: str
+    state: TrainState | None = None
 
 
 @gin.configurable
@@ -222,7 +223,7 @@ def train(*, model: Any = gin.REQUIRED,
     if step >= train_steps:
         log.info("already at step %d >= train_steps=%d; nothing to do", step, train_steps)
         ckpt.close()
-        return TrainResult(step, False, {}, None, model_dir)
+        return TrainResult(step, False, {}, None, model_dir, state)
 
     if start == 0:
         batches = _chain([sample], first_iter)
@@ -314,7 +315,7 @@ def train(*, model: Any = gin.REQUIRED,
         ckpt.close()
         writers.close()
         bar.close()
-    return TrainResult(step, preempted, last["metrics"], last["eval"], model_dir)
+    return TrainResult(step, preempted, last["metrics"], last["eval"], model_dir, state)
 
 
 def _chain(head: Sequence[Any], tail: Iterator[Any]) -> Iterator[Any]:

@@ -14,6 +14,14 @@ TINY_OVERRIDES = ("{'d_model': 32, 'num_layers': 1, 'num_heads': 2, 'num_kv_head
                   "'head_dim': 16, 'd_ff': 64, 'vocab_size': 512, 'max_len': 64, "
                   "'image': None, 'video': None, 'audio': None}")
 
+
+
+def overrides_binding(**changes) -> str:
+    """`model_config.overrides = {...}` with TINY_OVERRIDES updated by `changes`."""
+    import ast
+    return f"model_config.overrides = {dict(ast.literal_eval(TINY_OVERRIDES), **changes)!r}"
+
+
 TINY_BINDINGS = (
     "model_config.preset = 'tiny'",
     f"model_config.overrides = {TINY_OVERRIDES}",
