@@ -150,8 +150,8 @@ class WriteSeqioCache(beam.PTransform):
         extra_stats: Callable[[Mapping[str, Any]], Mapping[str, float]] | None = None,
     ):
         super().__init__()
-        if num_shards < 1:
-            raise ValueError(f"num_shards must be >= 1, got {num_shards}")
+        if num_shards < 0:
+            raise ValueError(f"num_shards must be >= 1, or 0 to let the runner choose; got {num_shards}")
         unknown = set(token_features) - set(features)
         if unknown:
             raise ValueError(f"token_features {sorted(unknown)} are not declared in features")
@@ -192,7 +192,10 @@ class WriteSeqioCache(beam.PTransform):
         info = self.info()
 
         def finalize(file_count, stats):
-            del file_count  # Only orders this step after the TFRecord write.
+            # file_count orders this step after the TFRecord write; with num_shards=0 the
+            # runner chose the shard count, so info records what was written.
+            if not info["num_shards"]:
+                info["num_shards"] = file_count
             stats = {"examples": 0, **stats}
             _write_text(os.path.join(task_dir, f"info.{split}.json"), json.dumps(info, indent=2))
             _write_text(os.path.join(task_dir, f"stats.{split}.json"), json.dumps(stats, indent=2))
