@@ -48,6 +48,16 @@ def test_held_out_splits_are_different_examples():
         assert not set(fingerprints["validation"]) & set(fingerprints["test"]), kind
 
 
+def test_examples_do_not_depend_on_what_the_process_did_before():
+    """Chunks come out the same fresh or after other chunks (speech sessions, video encodes)."""
+    cfg = gc.CorpusConfig("/x", "train", counts=(("interleaved", 100), ("speech", 50), ("video", 50)))
+    digest = lambda ex: [hashlib.sha1(d).hexdigest() for _, _, files in ex for _, d in files]
+    first = [digest(gc.make_examples(cfg, "interleaved", c)) for c in (0, 1)]
+    gc.make_examples(cfg, "speech", 0)
+    gc.make_examples(cfg, "video", 0)
+    assert [digest(gc.make_examples(cfg, "interleaved", c)) for c in (1, 0)] == first[::-1]
+
+
 def _tree(root: pathlib.Path) -> dict[str, str]:
     return {str(p.relative_to(root)): hashlib.sha1(p.read_bytes()).hexdigest()
             for p in sorted(root.rglob("*")) if p.is_file() and p.name != gc.INFO_FILE}

@@ -9,8 +9,11 @@ preprocessing default (1 fps, first frame at t=0, as Gemini samples video)
 keeps every frame. The shape travels about half the frame side in a straight
 line, so any two sampled frames reveal the direction. Colour and shape come
 from the same small world as `shapes.py`; chance on the direction is 1/4.
-Videos are H.264 (yuv420p) in MP4, written with PyAV by a single-threaded
-encoder, so the same frames give the same bytes.
+Videos are MPEG-4 Part 2 (yuv420p, near-lossless quantiser 1-2) in MP4,
+written with PyAV by FFmpeg's native single-threaded encoder, so the same
+frames give the same bytes. (libx264 was tried first: now and then its output
+for identical frames changed with the process's history -- e.g. after eSpeak
+had run -- which broke byte-identical reruns.)
 """
 import dataclasses
 import io
@@ -90,16 +93,19 @@ def render_motion(spec: MotionSpec) -> np.ndarray:
 
 
 def encode_mp4(frames: np.ndarray, fps: int) -> bytes:
-    """H.264/MP4 bytes of frames [F, H, W, 3] uint8 (H and W even)."""
+    """MPEG-4/MP4 bytes of frames [F, H, W, 3] uint8 (H and W even), one frame per 1/fps s."""
     _, height, width, _ = frames.shape
     buf = io.BytesIO()
     with av.open(buf, mode="w", format="mp4") as container:
-        stream = container.add_stream("libx264", rate=Fraction(fps))
+        stream = container.add_stream("mpeg4", rate=Fraction(fps))
         stream.width, stream.height, stream.pix_fmt = width, height, "yuv420p"
-        # crf 12: near-lossless colours on tiny frames; one thread: same bytes every run.
-        stream.options = {"crf": "12", "preset": "veryfast", "threads": "1"}
-        for array in frames:
-            for packet in stream.encode(av.VideoFrame.from_ndarray(array, format="rgb24")):
+        stream.codec_context.thread_count = 1
+        stream.codec_context.qmin, stream.codec_context.qmax = 1, 2
+        stream.bit_rate = 2_000_000
+        for i, array in enumerate(frames):
+            frame = av.VideoFrame.from_ndarray(array, format="rgb24")
+            frame.pts, frame.time_base = i, Fraction(1, fps)
+            for packet in stream.encode(frame):
                 container.mux(packet)
         for packet in stream.encode():
             container.mux(packet)
