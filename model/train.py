@@ -17,6 +17,7 @@ step boundary and returns cleanly.
 from __future__ import annotations
 
 import dataclasses
+import inspect
 import logging
 import math
 import pathlib
@@ -119,6 +120,13 @@ def _check_finite(step: int, loss: Any) -> None:
         raise NonFiniteLossError(
             f"loss is {loss} at step {step}: stopping. Lower the learning rate, enable "
             f"gradient clipping (adamw.clip_norm), or check the data of batch {step - 1}.")
+
+
+def _flops_per_token(model: Any, length: int) -> float:
+    """The model's training FLOPs/token, at the batch's length when it takes one."""
+    if "seq_len" in inspect.signature(model.flops_per_token).parameters:
+        return float(model.flops_per_token(seq_len=length))
+    return float(model.flops_per_token())
 
 
 def _data_position(step: int, cfg: DatasetConfig) -> dict[str, Any]:
@@ -235,7 +243,7 @@ def train(*, model: Any = gin.REQUIRED,
     eval_step = tr.jit_eval_step(sample) if eval_dataset_cfg and eval_every else None
     writers = metric_writers.MetricWriters(model_dir, tensorboard, is_chief)
     bar = metric_writers.ProgressBar(train_steps, step, progress_bar if is_chief else False)
-    flops_per_token = float(model.flops_per_token())
+    flops_per_token = _flops_per_token(model, sample["decoder_target_tokens"].shape[1])
     peak = peak_flops_total(peak_flops_per_device, compute_dtype)
     tokens_per_batch = int(np.prod(sample["decoder_target_tokens"].shape)) * num_shards
     log.info("mesh %s, %d devices, batch %d x %d, %.3g FLOPs/token, peak %.3g FLOP/s",
