@@ -85,27 +85,46 @@ class TokenizeDoFn(beam.DoFn):
             }
 
 
-def build(pipeline, inputs: Sequence[str], cache_dir: str, task: str, vocab: str, *,
-          split: str = "train", validation_fraction: float = 0.0, max_chars: int = 4000, num_shards: int = 4):
-    """Adds the job to `pipeline`; returns {split: stats PCollection}."""
-    splits = [split] + (["validation"] if validation_fraction > 0 else [])
-    examples = (
-        pipeline
-        | "Files" >> beam.Create(text_io.expand_patterns(inputs))
-        | "Match" >> fileio.MatchAll()
-        | "Open" >> fileio.ReadMatches()
-        | "Chunk" >> beam.FlatMap(chunk_documents, max_chars)
-        | "Reshuffle" >> beam.Reshuffle()
-        | "Batch" >> beam.BatchElements(min_batch_size=8, max_batch_size=256)
-        | "Tokenize" >> beam.ParDo(TokenizeDoFn(vocab))
-    )
-    by_split = examples | "Split" >> beam.Partition(
-        lambda ex, n: splits.index(assign_split(ex["source_id"], validation_fraction, split)), len(splits))
-    return {
-        name: by_split[i] | f"Write_{name}" >> seqio_cache.WriteSeqioCache(
-            cache_dir, task, name, TEXT_FEATURES, num_shards=num_shards)
-        for i, name in enumerate(splits)
-    }
+class PreprocessText(beam.PTransform):
+    """PBegin -> SeqIO cache of `task`; yields {split: stats PCollection}.
+
+    Several can share one pipeline under distinct labels.
+    """
+
+    def __init__(self, inputs: Sequence[str], cache_dir: str, task: str, vocab: str = DEFAULT_VOCAB, *,
+                 split: str = "train", validation_fraction: float = 0.0, max_chars: int = 4000,
+                 num_shards: int = 4):
+        super().__init__()
+        self._files = text_io.expand_patterns(inputs)
+        self._cache_dir, self._task, self._vocab = cache_dir, task, vocab
+        self._split, self._validation_fraction = split, validation_fraction
+        self._max_chars, self._num_shards = max_chars, num_shards
+
+    def expand(self, pbegin):
+        split, fraction = self._split, self._validation_fraction
+        splits = [split] + (["validation"] if fraction > 0 else [])
+        examples = (
+            pbegin
+            | "Files" >> beam.Create(self._files)
+            | "Match" >> fileio.MatchAll()
+            | "Open" >> fileio.ReadMatches()
+            | "Chunk" >> beam.FlatMap(chunk_documents, self._max_chars)
+            | "Reshuffle" >> beam.Reshuffle()
+            | "Batch" >> beam.BatchElements(min_batch_size=8, max_batch_size=256)
+            | "Tokenize" >> beam.ParDo(TokenizeDoFn(self._vocab))
+        )
+        by_split = examples | "Split" >> beam.Partition(
+            lambda ex, n: splits.index(assign_split(ex["source_id"], fraction, split)), len(splits))
+        return {
+            name: by_split[i] | f"Write_{name}" >> seqio_cache.WriteSeqioCache(
+                self._cache_dir, self._task, name, TEXT_FEATURES, num_shards=self._num_shards)
+            for i, name in enumerate(splits)
+        }
+
+
+def build(pipeline, inputs: Sequence[str], cache_dir: str, task: str, vocab: str = DEFAULT_VOCAB, **kwargs):
+    """Adds `PreprocessText` to `pipeline` (labelled by task); returns {split: stats}."""
+    return pipeline | f"PreprocessText_{task}" >> PreprocessText(inputs, cache_dir, task, vocab, **kwargs)
 
 
 def main(argv: Sequence[str] | None = None) -> None:
