@@ -17,7 +17,8 @@ writes `<output_dir>/<split>/` (every path in a manifest is relative to it):
                                   file names: NExT-QA `{video}.mp4`, ActivityNet `v_{video}.mp4`)
     interleaved/documents.jsonl  {"id": "interleaved-000001", "parts": [{"text"}, {"image": "media/..."}, ...]}
     text/documents.jsonl         {"text": "..."}: generated, or whole paragraphs of --books when given
-    corpus_info.json             written last: config, counts, seconds (its presence = complete)
+    corpus_info.json             written last: config, counts, seconds, and `reader_inputs`
+                                  ({preprocess_multimodal --kind: manifest}); its presence = complete
 
 Every video has one open-ended question (ActivityNet-QA, answer "left" / "right" /
 "up" / "down", type 0 = motion) and the same question as multiple choice
@@ -259,6 +260,16 @@ def manifest_files(cfg: CorpusConfig, kind: str, records: Sequence[dict]) -> lis
             (f"video_qa/{cfg.split}_a.json", json.dumps(answers).encode("utf-8"))]
 
 
+def reader_inputs(split: str) -> dict[str, str]:
+    """{`preprocess_multimodal --kind`: its input, relative to the split dir} for one split.
+
+    E.g. `--kind=nextqa --input=<output_dir>/<split>/video_qa/<split>.csv` (videos beside it).
+    """
+    return {"captions": "images/captions.jsonl", "speech_manifest": "speech/manifest.jsonl",
+            "nextqa": f"video_qa/{split}.csv", "activitynet_qa": f"video_qa/{split}_q.json",
+            "interleaved": "interleaved/documents.jsonl", "text": "text/documents.jsonl"}
+
+
 def book_records(cfg: CorpusConfig) -> list[dict]:
     """Text documents of this split cut from `cfg.books` (in the order given)."""
     docs = []
@@ -300,7 +311,7 @@ def write_manifests(cfg: CorpusConfig, kind_records: tuple[str, Iterable[tuple[i
 
 def write_info(cfg: CorpusConfig, counts: dict[str, int], started: float) -> None:
     info = {**cfg.to_json(), "written": {k: counts.get(k, 0) for k in KINDS},
-            "seconds": round(time.time() - started, 1)}
+            "reader_inputs": reader_inputs(cfg.split), "seconds": round(time.time() - started, 1)}
     write_file(join(cfg.split_dir, INFO_FILE), json.dumps(info, indent=1).encode("utf-8"))
 
 

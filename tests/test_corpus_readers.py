@@ -26,6 +26,8 @@ def corpus(tmp_path_factory):
     counts = gc.generate_in_process(cfg)
     assert counts == dict(cfg.counts)
     assert gc.is_complete(cfg)
+    info = json.load(open(f"{cfg.split_dir}/{gc.INFO_FILE}"))
+    assert info["reader_inputs"] == gc.reader_inputs("test") and set(INPUTS) <= set(mm_readers.KINDS)
     return cfg
 
 
@@ -34,14 +36,7 @@ def encoder():
     return interleave.DocumentEncoder(DEMO_MEDIA, DEFAULT_VOCAB)
 
 
-INPUTS = {  # reader kind -> manifest inside the split dir
-    "captions": "images/captions.jsonl",
-    "speech_manifest": "speech/manifest.jsonl",
-    "nextqa": "video_qa/test.csv",
-    "activitynet_qa": "video_qa/test_q.json",
-    "interleaved": "interleaved/documents.jsonl",
-    "text": "text/documents.jsonl",
-}
+INPUTS = gc.reader_inputs("test")  # reader kind -> manifest inside the split dir
 
 
 def _encode_all(cfg, encoder, kind):
