@@ -24,10 +24,18 @@ Every video has one open-ended question (ActivityNet-QA, answer "left" / "right"
 "up" / "down", type 0 = motion) and the same question as multiple choice
 (NExT-QA, the four directions and "it stays still", shuffled; type "TC").
 
-Demo sizes are the defaults (see `DEMO_SIZES`): per split, a few thousand
-examples of each kind for train and a few hundred for validation and test, small
-media (32 px images, 4 frames of 32 px at 1 fps, 3-4 spoken digits) so a tiny
-model learns every task within the demo's training budget. Examples are
+Defaults are the demo's sizes (`DEMO_SIZES`), chosen so a tiny model learns
+every task within the demo's training budget:
+
+    split       images  speech  videos  interleaved  text
+    train         3000    4000    3000         1000  2000
+    validation     200     200     200          100   100
+    test           300     300     300          100   100
+
+with small media: 32x32 PNG images; MPEG-4 videos of 4 frames of 32x32 at 1 fps
+(the preprocessing default of 1 fps keeps all 4); 3-4 spoken digits at 22.05 kHz
+(about 0.7-1.8 s). All three splits take about 40-60 s on 2 busy cores and
+~320 MB (mostly WAV). Examples are
 deterministic from (seed, split, kind, index) (`synthetic/seeding.py`; spoken
 clips also from the clips before them in their fixed chunk), so the
 same flags give byte-identical files whatever the runner, worker count or
@@ -35,9 +43,11 @@ order, and held-out splits draw from disjoint seeds.
 
 Beam: work items (kind, chunk of 50 indices) -> Reshuffle -> generate + write
 media (eSpeak checked once per worker in `setup`, one fresh eSpeak session per
-chunk) -> group by kind -> one manifest per kind, sorted by index. Local runs use the FnApiRunner with one
-process per core (`pipelines.beam_options`); `--runner=DataflowRunner ...`
-with a gs:// output_dir works through PipelineOptions alone.
+chunk) -> group by kind -> one manifest per kind, sorted by index. Local runs
+use the FnApiRunner with one process per core (`pipelines.beam_options`);
+`--runner=DataflowRunner ...` with a gs:// output_dir works through
+PipelineOptions alone. `generate_in_process` writes the same files in a plain
+loop (tests check they are byte-identical to the job's).
 """
 
 from __future__ import annotations
@@ -413,7 +423,7 @@ def run(cfg: CorpusConfig, beam_args: Sequence[str] = (), *, force: bool = False
 
 
 def parse_args(argv: Sequence[str]) -> tuple[list[CorpusConfig], bool, list[str]]:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+    p = argparse.ArgumentParser(description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--output_dir", required=True, help="the corpus root; a split goes to <output_dir>/<split>")
     p.add_argument("--split", default="train",
