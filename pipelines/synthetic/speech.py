@@ -7,11 +7,13 @@ data); we call its C API through ctypes, with no subprocess and no system
 install. Each utterance varies the voice (3 English accents x 8 speaker
 variants), the rate (140-210 words/min) and the pitch (30-70 of 0-100); the
 transcript is the digit words, lower case, as spoken. Leading and trailing
-silence is trimmed to 50 ms so the clip stays short (3-4 digits ~ 1-1.5 s).
+silence is trimmed to 50 ms so the clip stays short (3-4 digits: 0.7-1.8 s,
+1.1 s on average).
 
-Determinism: eSpeak keeps synthesis state between utterances (pitch-flutter
-phase, filter memories) that `espeak_Terminate` does not reset, so the same
-request gives different samples depending on what was spoken before. A
+Determinism: eSpeak keeps internal synthesis state between utterances that
+neither `espeak_Terminate` nor re-initialising resets (measured: the same
+request gives a few samples more or less, and different samples, depending on
+what was spoken before). A
 `session()` therefore loads a fresh copy of the library (dlopen ... dlclose,
 ~3 ms) and every utterance seeds eSpeak's noise generator: a clip depends only
 on its own parameters and on the utterances before it in the same session --
