@@ -1,0 +1,98 @@
+r"""Beam job: every source of a generated corpus (all splits) -> SeqIO caches, in one pipeline.
+
+    python -m pipelines.preprocess_corpus --corpus_dir=/tmp/demo/corpus --cache_dir=/tmp/demo/cache \
+        --splits=train,validation,test --image_size=32 --image_patch_size=8 ...
+
+reads the manifests `pipelines.generate_corpus` writes (the same formats real
+data uses) under `<corpus_dir>/<split>/`:
+
+    images/captions.jsonl         kind captions         -> task tapestry_mm_captions
+    speech/manifest.jsonl         kind speech_manifest  -> task tapestry_mm_speech_manifest
+    video_qa/<split>.csv          kind nextqa           -> task tapestry_mm_nextqa
+    video_qa/<split>_q.json       kind activitynet_qa   -> task tapestry_mm_activitynet_qa
+    interleaved/documents.jsonl   kind interleaved      -> task tapestry_mm_interleaved
+    text/documents.jsonl          text LM               -> task tapestry_text (tasks/text.py)
+
+Each (source, split) is one `PreprocessMultimodal` (or `PreprocessText`) under
+its own label, so the whole corpus costs one pipeline start-up instead of
+eighteen. Media options are the multimodal job's (`--image_size`, ...); dead
+letters and summaries land beside each task's cache as usual. A summary line per
+(task, split) is printed at the end, and the job fails if any document was lost.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+import time
+from typing import Sequence
+
+import apache_beam as beam
+
+from pipelines import beam_options, mm_readers, preprocess_multimodal, preprocess_text
+
+# (kind, manifest path under <corpus_dir>/<split>/ with {split} filled in)
+CORPUS_SOURCES = (
+    ("captions", "images/captions.jsonl"),
+    ("speech_manifest", "speech/manifest.jsonl"),
+    ("nextqa", "video_qa/{split}.csv"),
+    ("activitynet_qa", "video_qa/{split}_q.json"),
+    ("interleaved", "interleaved/documents.jsonl"),
+)
+TEXT_SOURCE = "text/documents.jsonl"
+TEXT_TASK = "tapestry_text"
+
+
+def main(argv: Sequence[str] | None = None) -> dict:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--corpus_dir", required=True, help="root written by pipelines.generate_corpus")
+    parser.add_argument("--cache_dir", required=True)
+    parser.add_argument("--splits", default="train,validation,test")
+    parser.add_argument("--vocab", default=preprocess_multimodal.DEFAULT_VOCAB)
+    preprocess_multimodal.add_media_flags(parser)
+    args, beam_args = parser.parse_known_args(argv)
+    splits = [s for s in args.splits.split(",") if s]
+    missing = [os.path.join(args.corpus_dir, s, "corpus_info.json") for s in splits
+               if not os.path.exists(os.path.join(args.corpus_dir, s, "corpus_info.json"))]
+    if missing:
+        parser.error(f"no complete corpus split at {missing}; run `python -m pipelines.generate_corpus "
+                     f"--output_dir={args.corpus_dir} --split={args.splits}` first")
+    try:
+        cfg = preprocess_multimodal.media_config_from_args(args)
+    except ValueError as e:
+        parser.error(str(e))
+
+    start = time.time()
+    jobs = []
+    with beam.Pipeline(options=beam_options.pipeline_options(beam_args)) as p:
+        for split in splits:
+            root = os.path.join(args.corpus_dir, split)
+            for kind, manifest in CORPUS_SOURCES:
+                task = f"tapestry_mm_{kind}"
+                path = os.path.join(root, manifest.format(split=split))
+                _ = p | f"{task}_{split}" >> preprocess_multimodal.PreprocessMultimodal(
+                    kind, [path], args.cache_dir, task, cfg, vocab=args.vocab, split=split,
+                    reader_options=mm_readers.ReaderOptions())
+                jobs.append((task, split))
+            _ = p | f"{TEXT_TASK}_{split}" >> preprocess_text.PreprocessText(
+                [os.path.join(root, TEXT_SOURCE)], args.cache_dir, TEXT_TASK, args.vocab, split=split)
+
+    summaries = {}
+    for task, split in jobs:
+        s = preprocess_multimodal.read_summary(args.cache_dir, task, split)
+        summaries[f"{task}/{split}"] = s
+        print(f"  {task:32s} {split:10s} {s['documents_in']:6d} in {s['examples_out']:6d} out "
+              f"{s['dead_lettered']:4d} dead-lettered {s['dead_letter_reasons'] or ''}")
+    unbalanced = [k for k, s in summaries.items() if not s["balanced"]]
+    if unbalanced:
+        raise RuntimeError(f"documents in != out + dead-lettered for {unbalanced}")
+    print(f"[preprocess_corpus] {len(jobs)} multimodal caches + {TEXT_TASK} ({','.join(splits)}) "
+          f"in {time.time() - start:.1f}s -> {args.cache_dir}")
+    return summaries
+
+
+if __name__ == "__main__":
+    logging.basicConfig(level=logging.WARNING)
+    main(sys.argv[1:])
