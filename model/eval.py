@@ -50,6 +50,20 @@ def make_score_fn(model: Any, params: Any) -> scoring.ScoreFn:
     return score
 
 
+def make_candidate_fn(model: Any, params: Any) -> scoring.CandidateFn:
+    """(batch, positions [B, P], ids [B, P, C]) -> log-probs [B, P, C] via `model.logits`
+    (for `SharedContextScorer`: multiple-choice continuations read from one row)."""
+    import jax.numpy as jnp
+
+    def f(params, batch, positions, ids):
+        logits, _ = model.logits(params, batch)  # [B, L, V]
+        at = jnp.take_along_axis(logits, positions[..., None], axis=1)  # [B, P, V]
+        return jnp.take_along_axis(jax.nn.log_softmax(at, axis=-1), ids, axis=-1)
+
+    jitted = jax.jit(f)
+    return lambda batch, positions, ids: np.asarray(jitted(params, batch, positions, ids))
+
+
 def load_params(model: Any, checkpoint_path: str | None, step: int | None,
                 init_seed: int, max_length: int) -> tuple[Any, int | None]:
     """Checkpoint params (and step), or freshly initialised ones when no checkpoint."""
@@ -67,11 +81,14 @@ def evaluate(*, model: Any = gin.REQUIRED, suites: Sequence[Any] = gin.REQUIRED,
              buckets: Sequence[int] | None = None, init_seed: int = 0,
              title: str = "Tapestry evaluation", progress: bool = True,
              extra_sections: Sequence[SectionsFn] = (),
-             score_fn: scoring.ScoreFn | None = None, params: Any = None) -> dict[str, Any]:
+             shared_context: bool = True, score_fn: scoring.ScoreFn | None = None,
+             params: Any = None) -> dict[str, Any]:
     """Runs `suites` and writes the report to `output_dir`; returns results.json's content.
 
     `extra_sections` are callables (output_dir, results) -> [Section] appended to the
-    report (e.g. training curves). `score_fn` replaces the model scorer (tests).
+    report (e.g. training curves). `shared_context`: multiple-choice suites score all
+    choices of a question from one row (`SharedContextScorer`) instead of one row per
+    choice. `score_fn` replaces the model scorer (tests).
     """
     out = pathlib.Path(output_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -82,7 +99,12 @@ def evaluate(*, model: Any = gin.REQUIRED, suites: Sequence[Any] = gin.REQUIRED,
             params, ckpt_step = load_params(model, checkpoint_path, step, init_seed, max_length)
         score_fn = make_score_fn(model, params)
     scorer = scoring.BatchedScorer(score_fn, max_length, batch_size, buckets)
-    ctx = suites_lib.Context(scorer=scorer, out_dir=out, progress=progress)
+    choice_scorer = None
+    if shared_context and params is not None:
+        choice_scorer = scoring.SharedContextScorer(make_candidate_fn(model, params), max_length,
+                                                    batch_size, buckets)
+    ctx = suites_lib.Context(scorer=scorer, out_dir=out, progress=progress,
+                             choice_scorer=choice_scorer)
     results = report.load_results(out)
     meta = report.run_metadata(checkpoint_path, ckpt_step, max_length=max_length,
                                batch_size=batch_size, devices=str(jax.devices()),

@@ -17,11 +17,13 @@ Example MMLU record:
 """
 from __future__ import annotations
 
+import dataclasses
 import os
 import pathlib
 from typing import Any, Callable, Sequence
 
 import gin
+import numpy as np
 
 from tasks import mmlu as mmlu_lib
 
@@ -197,3 +199,128 @@ def text_files(paths: Sequence[str] = gin.REQUIRED, chunk_chars: int = 4000,
             start = end
     out = out[skip_documents:]
     return out[:max_documents] if max_documents else out
+
+
+_MEDIA_KEYS = ("images", "image_mask", "audio", "audio_lengths", "videos", "video_lengths")
+
+
+@gin.configurable(module="eval_inputs")
+def multimodal_prompts(task_name: str = gin.REQUIRED, split: str = "validation",
+                       cache_dirs: Sequence[str] = (), max_examples: int | None = None,
+                       max_images: int = 0, image_size: int = 224, max_audio: int = 0,
+                       audio_frames: int = 3001, n_mels: int = 80, max_videos: int = 0,
+                       video_frames: int = 16, video_frame_size: int = 112,
+                       num_choices: int = 5, vocab_path: str | None = None) -> list[dict[str, Any]]:
+    """Prompts of a cached multimodal task (`tasks/multimodal.py`) for decoding suites.
+
+    Each example's `targets[:prompt_length]` (text, media markers and placeholders) is
+    the prompt, its `answer` the reference; the media of the example become one row's
+    `features` with the same per-row budgets and slot shapes as training
+    (`multimodal.get_dataset`), so prompts batch together. For multiple choice, `meta`
+    holds the options parsed from the prompt text ("(a) ... (b) ...") and the label
+    parsed from the answer ("(b) ..."), by the same rules as the scorer.
+    """
+    import re
+
+    import seqio
+
+    from tasks import multimodal, packing
+
+    if cache_dirs:
+        seqio.add_global_cache_dirs(list(cache_dirs))
+    multimodal.register_tasks()
+    cfg = packing.PackingConfig(
+        batch_size=1, length=1, pack=False, max_images=max_images, image_size=image_size,
+        max_audio=max_audio, audio_frames=audio_frames, n_mels=n_mels, max_videos=max_videos,
+        video_frames=video_frames, video_frame_size=video_frame_size)
+    decode = detokenizer(vocab_path)
+    out = []
+    for i, ex in enumerate(multimodal.examples(task_name, split)):
+        if max_examples is not None and i >= max_examples:
+            break
+        n = int(ex["prompt_length"])
+        prompt = [int(t) for t in ex["targets"][:n]]
+        packer = packing.MultimodalPacker(dataclasses.replace(cfg, length=n + 1))
+        batches = list(packer({**ex, "targets": np.asarray(prompt, np.int32)}))
+        if not batches or packer.counts["segments"] == 0:
+            raise ValueError(f"{task_name}/{i}: its media do not fit the budgets "
+                             f"{cfg} ({packer.counts}); raise max_* / *_frames")
+        features = {k: batches[0][k][0] for k in _MEDIA_KEYS if k in batches[0]}
+        answer = ex["answer"].decode("utf-8")
+        text = decode([t for t in prompt if t >= 19])  # text pieces only (no media ids)
+        options = re.findall(r"\(([a-z])\) (.*?)(?= \([a-z]\) |\n|$)", text)
+        meta = {"source": ex["source"].decode("utf-8")}
+        if options:
+            meta["options"] = [o for _, o in options][:num_choices]
+            m = re.match(r"\s*\(([a-z])\)", answer)
+            meta["label"] = "abcdefghijklmnopqrstuvwxyz".index(m.group(1)) if m else -1
+        out.append({"sample_id": ex["source_id"].decode("utf-8"), "prompt_ids": prompt,
+                    "features": features, "answer": answer, "prompt_text": text, "meta": meta})
+    return out
+
+
+@gin.configurable(module="eval_inputs")
+def niah_prompts(haystack_paths: Sequence[str] = gin.REQUIRED,
+                 context_lengths: Sequence[int] = (128, 256, 512),
+                 depths: Sequence[float] = (0.0, 0.25, 0.5, 0.75, 1.0),
+                 trials: int = 1, seed: int = 0,
+                 needle: str = " The special magic number is {answer}.",
+                 question: str = "\nWhat is the special magic number? The special magic number is",
+                 vocab_path: str | None = None) -> list[dict[str, Any]]:
+    """Needle-in-a-haystack prompts over public-domain books, one per (length, depth, trial).
+
+    The haystack is the books' text (concatenated) tokenized; for a cell of context
+    length L the prompt is the first L - len(needle) - len(question) haystack tokens
+    with the needle sentence (a seeded 7-digit number) inserted at `depth`, moved back
+    to just after a sentence end, then the question. The answer is the number.
+    """
+    import random
+
+    encode = tokenizer(vocab_path)
+    text = "\n".join(pathlib.Path(p).read_text(encoding="utf-8") for p in haystack_paths)
+    # Tokenize only what the longest context can use (~4 chars/token; more if short).
+    hay = encode(text[: max(context_lengths) * 8])
+    if len(hay) < max(context_lengths):
+        hay = encode(text)
+    sp = _vocab(vocab_path).tokenizer
+    boundaries = [i for i in range(sp.get_piece_size()) if sp.id_to_piece(i).rstrip("▁") in (".", "!", "?")]
+    q_ids = encode(question)
+    rng = random.Random(seed)
+    out = []
+    for length in context_lengths:
+        for depth in depths:
+            for t in range(trials):
+                answer = str(rng.randrange(1_000_000, 10_000_000))
+                n_ids = encode(needle.format(answer=answer))
+                budget = length - len(n_ids) - len(q_ids)
+                if budget <= 0 or budget > len(hay):
+                    raise ValueError(f"context length {length} does not fit needle+question "
+                                     f"({len(n_ids) + len(q_ids)} tokens) and the haystack "
+                                     f"({len(hay)} tokens)")
+                prompt = insert_needle(hay[:budget], n_ids, depth, boundaries) + q_ids
+                out.append({"sample_id": f"L{length}_d{depth:g}_t{t}", "prompt_ids": prompt,
+                            "answer": answer, "prompt_text": f"<{budget} haystack tokens>"
+                            f"{needle.format(answer=answer)} at depth {depth:g}{question}",
+                            "doc": {"haystack": [str(p) for p in haystack_paths],
+                                    "length": length, "depth": depth, "answer": answer},
+                            "meta": {"context_length": length, "depth": depth}})
+    return out
+
+
+def insert_needle(haystack: Sequence[int], needle: Sequence[int], depth: float,
+                  boundary_ids: Sequence[int] = ()) -> list[int]:
+    """Inserts `needle` at `depth` in [0, 1] of `haystack`; with `boundary_ids` (ids of
+    sentence-final pieces) the point moves back to just after the nearest one before it.
+
+        insert_needle([1, 2, 3, 4], [9], depth=0.5) == [1, 2, 9, 3, 4]
+    """
+    if not 0.0 <= depth <= 1.0:
+        raise ValueError(f"depth must be in [0, 1], got {depth}")
+    pos = int(round(depth * len(haystack)))
+    bounds = set(boundary_ids)
+    if bounds and 0 < pos < len(haystack):
+        back = pos
+        while back > 0 and haystack[back - 1] not in bounds:
+            back -= 1
+        pos = back if back > 0 else pos
+    return list(haystack[:pos]) + list(needle) + list(haystack[pos:])

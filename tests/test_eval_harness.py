@@ -55,6 +55,33 @@ def test_batched_scores_equal_one_at_a_time_and_bucket():
     assert shapes[0][1] == 64 and shapes[-1][1] == 32  # longest first, short ones bucketed
 
 
+def candidate_stub(batch, positions, ids):
+    """The same stub as `token_stub`, as a next-token candidate scorer."""
+    assert positions.shape == ids.shape[:2]
+    return -0.01 * ids.astype(np.float32)
+
+
+def test_covering_prefixes():
+    assert scoring.covering_prefixes([[276, 336], [980], [1611], [276, 900]]) == [(276,)]
+    assert sorted(scoring.covering_prefixes([[1, 2, 3], [1, 4], [5, 6]])) == [(1, 2), (5,)]
+
+
+def test_shared_context_scorer_matches_row_per_choice():
+    rng = np.random.default_rng(3)
+    reqs = []
+    for q in range(11):
+        ctx = list(rng.integers(3, 100, rng.integers(1, 50)))
+        conts = [[7, 8], [9], [10], [7, 11, 12]][: 2 + q % 3]
+        reqs += [scoring.Request(ctx, c) for c in conts]
+    shared = scoring.SharedContextScorer(candidate_stub, 64, 4)
+    assert shared.num_batches(reqs) == 3  # 11 rows, one per question
+    got = shared.score(reqs)
+    want = scoring.BatchedScorer(token_stub, 64, 4).score(reqs)
+    for g, w in zip(got, want):
+        assert g.loglikelihood == pytest.approx(w.loglikelihood)
+        assert g.num_tokens == w.num_tokens
+
+
 def _mmlu_records():
     """Two subjects; continuation ids chosen so the stub's argmax is known by hand.
 
@@ -93,6 +120,15 @@ def test_mmlu_suite_with_stub_equals_hand_computation(tmp_path):
     assert s["prompt_hash"] == report.sha256_text("P1")
     assert s["target_hash"] == report.sha256_text(" C")
     assert s["doc_hash"] == report.sha256_text(json.dumps({"q": 1}))
+
+
+def test_mmlu_suite_with_shared_context_scorer_gives_same_results(tmp_path):
+    ctx = _ctx(tmp_path / "shared")
+    ctx.choice_scorer = scoring.SharedContextScorer(candidate_stub, 16, 2)
+    shared = suites.MMLUSuite(inputs_fn=_mmlu_records).run(ctx)
+    rows = suites.MMLUSuite(inputs_fn=_mmlu_records).run(_ctx(tmp_path / "rows"))
+    assert json.dumps(shared.metrics) == json.dumps(rows.metrics)
+    assert shared.config["scorer"] == "SharedContextScorer"
 
 
 def test_interrupted_suite_resumes_with_identical_results(tmp_path):

@@ -145,8 +145,6 @@ def test_nll_by_position_and_needles():
     mean = long_context.mean_nll_by_position([[4.0, 2.0, 1.0], [2.0, 2.0]])
     np.testing.assert_allclose(mean, [3.0, 2.0, 1.0])
     np.testing.assert_allclose(long_context.cumulative_average(mean), [3.0, 2.5, 2.0])
-    assert long_context.insert_needle([1, 2, 3, 4], [9], 0.5) == [1, 2, 9, 3, 4]
-    assert long_context.insert_needle([1, 7, 3, 4, 5], [9], 0.8, boundary_ids=[7]) == [1, 7, 9, 3, 4, 5]
     grid = long_context.niah_grid([
         {"context_length": 128, "depth": 0.0, "recalled": True},
         {"context_length": 128, "depth": 0.0, "recalled": False},

@@ -38,6 +38,20 @@ def test_bucketed_batches_score_like_single_rows(tiny):
         assert a.loglikelihood < 0
 
 
+def test_shared_context_scorer_matches_row_per_choice_on_the_model(tiny):
+    model, params = tiny
+    rng = np.random.default_rng(4)
+    reqs = []
+    for q in range(6):
+        ctx = list(rng.integers(20, 8000, rng.integers(5, 50)))
+        reqs += [scoring.Request(ctx, c) for c in ([276, 336], [980], [1611], [276, 900])]
+    rows = scoring.BatchedScorer(eval_lib.make_score_fn(model, params), 64, 4).score(reqs)
+    shared = scoring.SharedContextScorer(eval_lib.make_candidate_fn(model, params), 64, 4)
+    assert shared.num_batches(reqs) == 2
+    for a, b in zip(shared.score(reqs), rows):
+        assert a.loglikelihood == pytest.approx(b.loglikelihood, abs=2e-4)
+
+
 def test_bits_per_byte_equals_hand_computation(tiny, tmp_path):
     model, params = tiny
     text = "Alice was beginning to get very tired."

@@ -2,8 +2,8 @@
 
 NIAH: for each (context length, depth) cell a prompt is built from a public-domain
 haystack with a needle sentence inserted at `depth` (fraction of the haystack) and a
-question appended; the cell's recall is the fraction of trials whose output holds
-the needle's answer.
+question appended (`tasks/eval_inputs.niah_prompts`, the data side); the cell's recall
+is the fraction of trials whose output holds the needle's answer.
 
 NLL by position (Gemini 1.5 report, Fig. "cumulative average NLL"): for documents
 scored in one window, the mean NLL at each position over documents, then its
@@ -11,32 +11,13 @@ cumulative average C(x) = mean_{t <= x} NLL(t), fit with L(x) = a * x**b + c
 (scipy `curve_fit`), x = 1-based token position.
 
 Example:
-    insert_needle([1, 2, 3, 4], [9], depth=0.5) == [1, 2, 9, 3, 4]
+    niah_grid([{"context_length": 128, "depth": 0.5, "recalled": True}])["recall"] == [[1.0]]
 """
 from __future__ import annotations
 
 from typing import Any, Iterable, Mapping, Sequence
 
 import numpy as np
-
-
-def insert_needle(haystack: Sequence[int], needle: Sequence[int], depth: float,
-                  boundary_ids: Iterable[int] = ()) -> list[int]:
-    """Inserts `needle` at `depth` in [0, 1] of `haystack`.
-
-    With `boundary_ids` (e.g. the ids of '.' pieces) the insertion point moves back
-    to just after the nearest preceding boundary token, so the needle starts a sentence.
-    """
-    if not 0.0 <= depth <= 1.0:
-        raise ValueError(f"depth must be in [0, 1], got {depth}")
-    pos = int(round(depth * len(haystack)))
-    boundaries = set(boundary_ids)
-    if boundaries and 0 < pos < len(haystack):
-        back = pos
-        while back > 0 and haystack[back - 1] not in boundaries:
-            back -= 1
-        pos = back if back > 0 else pos
-    return list(haystack[:pos]) + list(needle) + list(haystack[pos:])
 
 
 def needle_recalled(output: str, answer: str) -> bool:

@@ -188,3 +188,116 @@ class BatchedScorer:
 
     def num_batches(self, requests: Sequence[Request]) -> int:
         return -(-len(requests) // self.batch_size)
+
+
+# --------------------------------------------------------------------------------------
+# Shared-context scoring (multiple choice): one row per context instead of one per choice.
+
+CandidateFn = Callable[[dict[str, np.ndarray], np.ndarray, np.ndarray], np.ndarray]
+"""(batch, positions [B, P], candidate ids [B, P, C]) -> log-probs [B, P, C] of each
+candidate as the next token after input position p (log-softmax over the vocabulary)."""
+
+
+def covering_prefixes(continuations: Sequence[Sequence[int]]) -> list[tuple[int, ...]]:
+    """Fewest token prefixes whose rows predict every token of every continuation.
+
+    Continuation c is covered by a row ending in prefix p when c[:-1] is a prefix of p
+    (its tokens are then all predicted at positions of that row). Returns the maximal
+    c[:-1] under the prefix order, e.g. for MMLU's [[276, 336], [980], [1611], [276, 900]]
+    just [(276,)]: one row scores all four choices.
+    """
+    needs = sorted({tuple(c[:-1]) for c in continuations}, key=len, reverse=True)
+    rows: list[tuple[int, ...]] = []
+    for n in needs:
+        if not any(r[:len(n)] == n for r in rows):
+            rows.append(n)
+    return rows
+
+
+def _pow2(n: int, smallest: int) -> int:
+    out = smallest
+    while out < n:
+        out *= 2
+    return out
+
+
+class SharedContextScorer:
+    """lm-eval's multiple-choice trick on our model: requests that share a context are
+    scored from one row (context + a covering prefix), reading the next-token
+    distribution at each continuation position, instead of one full row per choice.
+
+    Same results as `BatchedScorer` (up to float rounding); rows are still sorted by
+    length, batched and bucketed.
+    """
+
+    def __init__(self, candidate_fn: CandidateFn, max_length: int, batch_size: int,
+                 buckets: Sequence[int] | None = None):
+        self.candidate_fn = candidate_fn
+        self.max_length = max_length
+        self.batch_size = batch_size
+        self.buckets = tuple(buckets) if buckets else default_buckets(max_length)
+
+    def _rows(self, requests: Sequence[Request]):
+        """[(tokens, [(request index, positions, ids)])] grouped by context."""
+        groups: dict[tuple[tuple[int, ...], bool], list[int]] = {}
+        for i, r in enumerate(requests):
+            if r.features or r.keep_token_scores:
+                raise ValueError("SharedContextScorer scores text-only requests without "
+                                 "token scores; use BatchedScorer for these")
+            if len(r.continuation) > self.max_length:
+                raise ValueError(f"continuation of {len(r.continuation)} tokens exceeds "
+                                 f"max_length={self.max_length}")
+            groups.setdefault((tuple(r.context), r.starts_document), []).append(i)
+        rows = []
+        for (ctx, starts), members in groups.items():
+            head = ([0] if starts else []) + list(ctx)
+            if not head:
+                raise ValueError("a mid-document request needs at least one context token")
+            todo = list(members)
+            for prefix in covering_prefixes([requests[i].continuation for i in members]):
+                full = head + list(prefix)
+                cut = max(0, len(full) - self.max_length)
+                # Continuation token k is predicted at the input position of the token
+                # before it: the last context token for k = 0.
+                first = len(head) - 1 - cut
+                jobs, rest = [], []
+                for i in todo:
+                    c = tuple(requests[i].continuation)
+                    (jobs if prefix[:len(c) - 1] == c[:-1] else rest).append((i, c))
+                todo = [i for i, _ in rest]
+                rows.append((full[cut:], first, jobs))
+        return rows
+
+    def score(self, requests: Sequence[Request]) -> list[Score]:
+        result: list[Score | None] = [None] * len(requests)
+        for idx, scores in self.iter_scores(requests):
+            for i, s in zip(idx, scores):
+                result[i] = s
+        return result  # type: ignore[return-value]
+
+    def num_batches(self, requests: Sequence[Request]) -> int:
+        return -(-len(self._rows(requests)) // self.batch_size)
+
+    def iter_scores(self, requests: Sequence[Request]) -> Iterator[tuple[list[int], list[Score]]]:
+        rows = self._rows(requests)
+        plan = plan_batches([len(r[0]) for r in rows], self.batch_size, self.buckets)
+        for ridx, length in plan:
+            # Padded to powers of two so the jitted fn sees few distinct shapes.
+            p_max = _pow2(max(len(c) for i in ridx for _, c in rows[i][2]), 2)
+            c_max = _pow2(max(len(rows[i][2]) for i in ridx), 4)
+            batch = build_batch([(rows[i][0], rows[i][0], 0) for i in ridx], length,
+                                self.batch_size)
+            positions = np.zeros((self.batch_size, p_max), np.int32)
+            ids = np.zeros((self.batch_size, p_max, c_max), np.int32)
+            for b, i in enumerate(ridx):
+                tokens, first, jobs = rows[i]
+                positions[b] = np.minimum(first + np.arange(p_max), len(tokens) - 1)
+                for c, (_, toks) in enumerate(jobs):
+                    ids[b, :len(toks), c] = toks
+            lp = np.asarray(self.candidate_fn(batch, positions, ids), dtype=np.float64)
+            out_idx, out = [], []
+            for b, i in enumerate(ridx):
+                for c, (req_i, toks) in enumerate(rows[i][2]):
+                    out_idx.append(req_i)
+                    out.append(Score(float(lp[b, :len(toks), c].sum()), len(toks)))
+            yield out_idx, out

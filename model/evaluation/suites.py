@@ -31,6 +31,7 @@ class Context:
     scorer: scoring.BatchedScorer
     out_dir: pathlib.Path
     progress: bool = True
+    choice_scorer: scoring.SharedContextScorer | None = None  # multiple choice, optional
     generate: Callable[..., list[list[int]]] | None = None  # decoding suites
     detokenize: Callable[[Sequence[int]], str] | None = None
 
@@ -76,9 +77,10 @@ class MMLUSuite:
                 requests.append(scoring.Request(r["context_ids"], cont))
                 owner.append((qi, ci))
         lls: dict[int, dict[int, float]] = {}
-        max_len = ctx.scorer.max_length
-        with _progress(ctx.scorer.num_batches(requests), self.name, ctx.progress) as bar:
-            for idx, scores in ctx.scorer.iter_scores(requests):
+        scorer = ctx.choice_scorer or ctx.scorer
+        max_len = scorer.max_length
+        with _progress(scorer.num_batches(requests), self.name, ctx.progress) as bar:
+            for idx, scores in scorer.iter_scores(requests):
                 finished = []
                 for i, s in zip(idx, scores):
                     qi, ci = owner[i]
@@ -92,7 +94,8 @@ class MMLUSuite:
         num_shots = records[0].get("num_shots")
         config = {"num_shots": num_shots, "num_questions": len(records),
                   "num_subjects": metrics["overall"]["num_subjects"],
-                  "max_length": max_len, "batch_size": ctx.scorer.batch_size,
+                  "max_length": max_len, "batch_size": scorer.batch_size,
+                  "scorer": type(scorer).__name__,
                   "truncated_prompts": sum(1 for s in samples if s["truncated"]),
                   "prompt": "lm-eval mmlu default template, first_n few-shot from dev"}
         return SuiteResult(self.name, metrics, config, self._sections(metrics, config),

@@ -1,0 +1,87 @@
+"""Decoding suites with a model stub (fixed outputs), and the NIAH prompt builder."""
+import json
+
+import pytest
+
+from model.evaluation import asr, generation, scoring, suites
+from tasks import eval_inputs
+
+WORDS = ["<pad>", "<eos>", "he", "hoped", "there", "would", "be", "stew", "for", "dinner",
+         "(b)", "(c)", "7654321", "maybe"]
+
+
+def detok(ids):
+    return " ".join(WORDS[i] for i in ids)
+
+
+def stub_generate(outputs):
+    """A model stub: the output for a prompt is looked up by its first token."""
+    def generate(prompts, max_new_tokens):
+        assert all(isinstance(p, list) for p, _ in prompts)
+        return [outputs[p[0]][:max_new_tokens] + [1, 5, 5] for p, _ in prompts]
+    return generate
+
+
+def _ctx(tmp_path, outputs):
+    return suites.Context(scoring.BatchedScorer(lambda b: None, 16, 1), tmp_path, progress=False,
+                          generate=stub_generate(outputs), detokenize=detok)
+
+
+def test_asr_suite_wer_equals_corpus_wer(tmp_path):
+    records = [
+        {"sample_id": "u0", "prompt_ids": [100, 7], "answer": "HE HOPED THERE WOULD BE STEW FOR DINNER"},
+        {"sample_id": "u1", "prompt_ids": [101], "answer": "STEW FOR DINNER"},
+    ]
+    outputs = {100: [2, 3, 4, 5, 6, 7, 9], 101: [7, 8, 8, 9]}  # deletion "for"; insertion "for"
+    res = generation.GenerationSuite(inputs_fn=lambda: records, name="asr", metric="wer").run(
+        _ctx(tmp_path, outputs))
+    expected = asr.score_corpus([r["answer"] for r in records],
+                                ["he hoped there would be stew dinner", "stew for for dinner"])
+    assert res.metrics["wer"] == pytest.approx(expected["wer"]) == pytest.approx(2 / 11)
+    assert (res.metrics["deletions"], res.metrics["insertions"]) == (1, 1)
+    lines = [json.loads(l) for l in (tmp_path / "samples_asr.jsonl").read_text().splitlines()]
+    by_id = {l["sample_id"]: l for l in lines}
+    assert by_id["u1"]["output"] == "stew for for dinner"  # cut at EOS
+    assert by_id["u1"]["wer"] == pytest.approx(1 / 3)
+    assert (tmp_path / "samples_asr.jsonl").exists() and len(lines) == 2
+
+
+def test_multiple_choice_and_niah_suites(tmp_path):
+    mc = [{"sample_id": f"q{i}", "prompt_ids": [100 + i], "answer": "(b) x",
+           "meta": {"options": ["w", "x", "y"], "label": 1, "type": "CW"}} for i in range(3)]
+    outputs = {100: [10], 101: [11], 102: [13]}
+    res = generation.GenerationSuite(inputs_fn=lambda: mc, name="mc",
+                                     metric="multiple_choice").run(_ctx(tmp_path, outputs))
+    assert res.metrics["acc"] == pytest.approx(1 / 3)
+    assert res.metrics["unparseable"] == pytest.approx(1 / 3)
+    niah = [{"sample_id": f"n{i}", "prompt_ids": [100 + i], "answer": "7654321",
+             "meta": {"context_length": 128 * (1 + i % 2), "depth": 0.5}} for i in range(2)]
+    res = generation.GenerationSuite(inputs_fn=lambda: niah, name="niah", metric="contains").run(
+        _ctx(tmp_path, {100: [12], 101: [13]}))
+    assert res.metrics["recall"] == [[1.0, 0.0]]
+    assert any(f.name == "niah_heatmap" for s in res.sections for f in s.figures)
+    with pytest.raises(ValueError, match="metric must be one of"):
+        generation.GenerationSuite(inputs_fn=lambda: niah, name="x", metric="bleu")
+
+
+def test_insert_needle_moves_to_a_sentence_start():
+    assert eval_inputs.insert_needle([1, 2, 3, 4], [9], 0.5) == [1, 2, 9, 3, 4]
+    assert eval_inputs.insert_needle([1, 7, 3, 4, 5], [9], 0.8, boundary_ids=[7]) == [1, 7, 9, 3, 4, 5]
+
+
+@pytest.mark.real_data
+def test_niah_prompts_on_gutenberg(data_dir):
+    book = data_dir / "text" / "gutenberg" / "11-0.txt"
+    recs = eval_inputs.niah_prompts([str(book)], context_lengths=(128, 256), depths=(0.0, 0.5, 1.0))
+    assert len(recs) == 6 and len({r["answer"] for r in recs}) == 6
+    decode = eval_inputs.detokenizer()
+    for r in recs:
+        assert len(r["prompt_ids"]) <= r["meta"]["context_length"]
+        text = decode(r["prompt_ids"])
+        assert f"The special magic number is {r['answer']}." in text
+        assert text.endswith("The special magic number is")
+    mid = decode(recs[1]["prompt_ids"])
+    before = mid.split(" The special magic number")[0]
+    assert before.rstrip()[-1] in ".!?"  # the needle starts a sentence
+    assert recs == eval_inputs.niah_prompts([str(book)], context_lengths=(128, 256),
+                                            depths=(0.0, 0.5, 1.0))  # seeded
