@@ -162,6 +162,18 @@ class Partitioner:
             parts[max(candidates, key=lambda i: shape[i])] = "data"
         return P(*parts)
 
+    def _fit_spec(self, spec: P, shape: Sequence[int], name: str, dropped: list[str]) -> P:
+        """Unshards dims whose size the mapped mesh axes do not divide (e.g. 1 kv head
+        on a model axis of 2), noting them in `dropped`."""
+        parts = list(spec) + [None] * (len(shape) - len(spec))
+        for i, part in enumerate(parts):
+            axes = part if isinstance(part, tuple) else (part,)
+            size = math.prod(self.mesh.shape[a] for a in axes if a)
+            if part is not None and shape[i] % size:
+                dropped.append(f"{name} dim {i} ({shape[i]}) over {part} ({size})")
+                parts[i] = None
+        return P(*parts)
+
     def param_specs(self, abstract_params: Any) -> Any:
         """Mesh PartitionSpecs for a tree of (boxed or plain) abstract params.
 
@@ -171,6 +183,13 @@ class Partitioner:
         logical = nn.get_partition_spec(abstract_params)
         mesh_specs = nn.logical_to_mesh(logical, self.rules)
         plain = nn.meta.unbox(abstract_params)
+        dropped: list[str] = []
+        mesh_specs = jax.tree_util.tree_map_with_path(
+            lambda path, s, x: self._fit_spec(s, x.shape, jax.tree_util.keystr(path), dropped),
+            mesh_specs, plain, is_leaf=lambda s: isinstance(s, P))
+        if dropped:
+            log.warning("replicated %d parameter dims that the mesh does not divide: %s",
+                        len(dropped), "; ".join(dropped[:8]))
         if self.fsdp:
             mesh_specs = jax.tree.map(lambda s, x: self._fsdp_spec(s, x.shape), mesh_specs,
                                       plain, is_leaf=lambda s: isinstance(s, P))

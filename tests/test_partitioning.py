@@ -12,6 +12,8 @@ from model.partitioning import Partitioner, resolve_mesh_shape
 from model.synthetic_data import synthetic_dataset_fn
 from model.trainer import Trainer, adamw, warmup_cosine_schedule
 
+pytestmark = pytest.mark.slow  # six train-step compilations
+
 needs8 = pytest.mark.skipif(
     jax.device_count() < 8,
     reason="needs 8 devices: XLA_FLAGS=--xla_force_host_platform_device_count=8 (make test)")
