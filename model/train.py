@@ -189,13 +189,18 @@ def train(*, model: Any = gin.REQUIRED,
           prefetch: int = 2) -> TrainResult:
     """Trains `model` for `train_steps` steps (resuming from MODEL_DIR if it has
     checkpoints), logging every `log_every`, evaluating every `eval_every` (0: off)
-    and checkpointing per `checkpoint_cfg`."""
-    partitioning.initialize_distributed()
+    and checkpointing per `checkpoint_cfg`.
+
+    Multi-host: call `partitioning.initialize_distributed()` before this (as `main`
+    does), since gin builds the Partitioner, which lists the devices, on the call.
+    """
     if train_steps < 1 or log_every < 1:
         raise ValueError(f"train_steps={train_steps} and log_every={log_every} must be >= 1")
     partitioner = partitioner or Partitioner()
     checkpoint_cfg = checkpoint_cfg or CheckpointConfig()
     partitioner.validate_batch_size(train_dataset_cfg.batch_size, num_microbatches)
+    if eval_dataset_cfg is not None and eval_every:
+        partitioner.validate_batch_size(eval_dataset_cfg.batch_size)
     model_dir = str(model_dir)
     pathlib.Path(model_dir).mkdir(parents=True, exist_ok=True)
     is_chief = jax.process_index() == 0
@@ -349,6 +354,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (ValueError, gin_flags.GinFlagError) as e:
         print(f"gin configuration error: {e}", file=sys.stderr)
         return 2
+    # Before gin builds the Partitioner (which lists devices) inside train().
+    partitioning.initialize_distributed()
     try:
         result = train()
     except NonFiniteLossError as e:

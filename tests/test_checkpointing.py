@@ -168,3 +168,36 @@ def test_restore_params_errors_are_clear(tmp_path):
     (tmp_path / "checkpoints").mkdir()
     with pytest.raises(FileNotFoundError, match="no checkpoints under"):
         restore_params(tmp_path)
+
+
+@pytest.mark.skipif(jax.device_count() < 8, reason="needs 8 devices (make test sets XLA_FLAGS)")
+def test_restore_onto_another_mesh(tmp_path, trained):
+    """A checkpoint written on (8,1,1) restores onto (2,2,2) with the new shardings."""
+    _, batch, states = trained
+    _save_all(tmp_path, states[-1:])
+    part = Partitioner((2, 2, 2))
+    sched = warmup_cosine_schedule(1e-2, 1, 50)
+    tr = Trainer(DecoderOnlyModel(model_config("tiny", SMALL)), adamw(sched), part, sched)
+    abstract, _ = tr.abstract_state(batch)
+    ck = Checkpointer(tmp_path, CheckpointConfig())
+    state, _ = ck.restore_latest(abstract)
+    ck.close()
+    _assert_same(state, states[-1].as_dict())
+    assert any("model" in str(x.sharding.spec) for x in jax.tree.leaves(state["params"]))
+
+
+def test_finetune_run_starts_from_the_pretrained_params(tmp_path):
+    pre, ft = tmp_path / "pre", tmp_path / "ft"
+    for model_dir, extra in ((pre, []), (ft, [f"CheckpointConfig.restore_from = '{pre}'",
+                                              "train.learning_rate_schedule = "
+                                              "@constant_schedule()",
+                                              "constant_schedule.value = 0.0"])):
+        train_testlib.parse_in_process(train_testlib.cli_args(model_dir, 3, extra))
+        try:
+            result = train_lib.train()
+        finally:
+            gin.clear_config()
+    pre_params, _ = restore_params(pre)
+    # learning rate 0: fine-tuned params are exactly the pretrained ones; optimizer fresh
+    _assert_same(jax.device_get(result.state.params), pre_params)
+    assert int(result.state.step) == 3
