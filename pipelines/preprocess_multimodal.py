@@ -192,7 +192,7 @@ class PreprocessMultimodal(beam.PTransform):
     """
 
     def __init__(self, kind: str, inputs: Sequence[str], cache_dir: str, task: str, cfg: MediaConfig, *,
-                 vocab: str = DEFAULT_VOCAB, split: str = "train", num_shards: int = 4,
+                 vocab: str = DEFAULT_VOCAB, split: str = "train", num_shards: int = 0,
                  reader_options: mm_readers.ReaderOptions = mm_readers.ReaderOptions(),
                  progress_every_s: float = 0.0):
         super().__init__()
@@ -233,7 +233,9 @@ def main(argv: Sequence[str] | None = None) -> dict:
     parser.add_argument("--task", default=None, help="task name (default tapestry_mm_<kind>)")
     parser.add_argument("--split", default="train")
     parser.add_argument("--vocab", default=DEFAULT_VOCAB, help="SentencePiece model")
-    parser.add_argument("--num_shards", type=int, default=4)
+    parser.add_argument("--num_shards", type=int, default=0,
+                        help="TFRecord shards; 0 (default) lets the runner choose, which avoids shuffling every "
+                             "example (media payloads included) before writing")
     parser.add_argument("--video_dir", default=None, help="video-QA kinds: where the videos are")
     parser.add_argument("--video_template", default=None, help='video-QA kinds: file name from id, e.g. "v_{video}.mp4"')
     parser.add_argument("--progress_every_s", type=float, default=10.0,

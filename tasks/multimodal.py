@@ -115,6 +115,18 @@ def register_mixture(name: str, rates: Mapping[str, float]) -> None:
     seqio.MixtureRegistry.add(name, [(t, float(r)) for t, r in rates.items()])
 
 
+def use_cache_dirs(cache_dirs: Sequence[str]) -> None:
+    """Makes `cache_dirs` SeqIO's only global cache dirs and forgets where tasks were found.
+
+    SeqIO memoises a task's cache dir on first use; a process that switches caches
+    (tests, a notebook) would otherwise keep reading the first one it saw.
+    """
+    seqio.set_global_cache_dirs(list(cache_dirs))
+    for name in [task_name(k) for k in KINDS] + [TEXT_LM_TASK, text.TEXT_TASK]:
+        if name in seqio.TaskRegistry.names():
+            seqio.get_mixture_or_task(name)._cache_dir = None  # pylint: disable=protected-access
+
+
 def examples(name: str, split: str, *, shuffle: bool = False, seed: int | None = None, num_epochs: int | None = 1,
              shard_id: int = 0, num_shards: int = 1) -> Iterator[dict[str, Any]]:
     """Numpy examples of a registered multimodal task or mixture, from its cache."""

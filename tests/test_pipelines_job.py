@@ -28,13 +28,12 @@ def run(jobs: list[tuple[str, list[str], str, MediaConfig, dict]], cache_dir: st
     """Runs several (kind, inputs, task, cfg, extra) jobs in one pipeline; returns summaries by task."""
     with beam.Pipeline(options=beam_options.pipeline_options([], num_workers=2)) as p:
         for kind, inputs, task, cfg, extra in jobs:
-            _ = p | f"Job_{task}" >> job.PreprocessMultimodal(kind, inputs, cache_dir, task, cfg, vocab=VOCAB,
-                                                              num_shards=2, **extra)
+            _ = p | f"Job_{task}" >> job.PreprocessMultimodal(kind, inputs, cache_dir, task, cfg, vocab=VOCAB, **extra)
     return {task: job.read_summary(cache_dir, task, "train") for _, _, task, _, _ in jobs}
 
 
 def read_back(cache_dir: str, task: str) -> list[dict]:
-    seqio.add_global_cache_dirs([cache_dir])
+    multimodal.use_cache_dirs([cache_dir])
     return list(multimodal.examples(task, "train"))
 
 
