@@ -64,8 +64,8 @@ class Attention(nn.Module):
         proj = lambda feats, axes, name: DenseGeneral(feats, axes, self.dtype, self.param_dtype,
                                                       name=name)
         q = proj((n, h), ("embed", "heads", "head_dim"), "query")(x)
-        kv = proj((2, nkv, h), ("embed", None, "kv_heads", "head_dim"), "kv")(x)
-        k, v = kv[:, :, 0], kv[:, :, 1]
+        k = proj((nkv, h), ("embed", "kv_heads", "head_dim"), "key")(x)
+        v = proj((nkv, h), ("embed", "kv_heads", "head_dim"), "value")(x)
         q = apply_rope(q, sin, cos)
         k = apply_rope(k, sin, cos)
         q = constrain(q, ("batch", "length", "heads", "head_dim"))

@@ -128,11 +128,7 @@ class SwiGLU(nn.Module):
         d = x.shape[-1]
         dense = lambda f, ax, name: DenseGeneral((f,), ax, self.dtype, self.param_dtype,
                                                  name=name)
-        # Gate and up share one kernel [D, 2, F] so the two matmuls run as one.
-        wi = param_with_axes(self, "wi", lambda k, s, t: default_init(k, (d, 2 * self.hidden),
-                                                                      t).reshape(s),
-                             (d, 2, self.hidden), ("embed", None, "mlp"), self.param_dtype)
-        h = jnp.einsum("BTD,DGF->BTGF", x.astype(self.dtype), wi.astype(self.dtype))
-        h = constrain(h, ("batch", "length", None, "mlp"))
-        h = nn.silu(h[..., 0, :]) * h[..., 1, :]
+        gate = dense(self.hidden, ("embed", "mlp"), "wi_0")(x)
+        up = dense(self.hidden, ("embed", "mlp"), "wi_1")(x)
+        h = constrain(nn.silu(gate) * up, ("batch", "length", "mlp"))
         return dense(d, ("mlp", "embed"), "wo")(h)

@@ -26,6 +26,7 @@ import jax.numpy as jnp
 from model import flops as flops_lib
 from model.config import PLACEHOLDER_IDS, TransformerConfig
 from model.encoders import MEDIA_KEYS
+from model.losses import softmax_cross_entropy_parts
 from model.transformer import Transformer
 
 Batch = Mapping[str, Any]
@@ -134,13 +135,12 @@ class DecoderOnlyModel:
         logits, moe_metrics = self.logits(params, batch, train=train)
         targets = jnp.asarray(batch["decoder_target_tokens"], jnp.int32)
         weights = text_loss_weights(batch)
-        lse = jax.nn.logsumexp(logits, axis=-1)
-        target_logit = jnp.take_along_axis(logits, targets[..., None], axis=-1)[..., 0]
+        lse, target_logit, max_logit = softmax_cross_entropy_parts(logits, targets)
         num_tokens = jnp.sum(weights)
         denom = jnp.maximum(num_tokens, 1.0)
         cross_entropy = jnp.sum((lse - target_logit) * weights) / denom
         z_loss = jnp.sum(lse ** 2 * weights) / denom
-        correct = (jnp.argmax(logits, axis=-1) == targets).astype(jnp.float32)
+        correct = (target_logit >= max_logit).astype(jnp.float32)  # argmax (ties count)
         accuracy = jnp.sum(correct * weights) / denom
         moe_aux = jnp.zeros((), jnp.float32)
         moe_z = jnp.zeros((), jnp.float32)

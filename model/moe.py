@@ -110,8 +110,8 @@ class MoE(nn.Module):
         z = jnp.sum(jax.nn.logsumexp(logits, axis=-1) ** 2 * m) / denom
         confidence = jnp.sum(probs.max(-1) * m) / denom
 
-        wi = param_with_axes(self, "wi", expert_init, (e, d, 2, f), ("expert", "embed", None, "mlp"),
-                             self.param_dtype).astype(self.dtype)
+        wi = [param_with_axes(self, f"wi_{i}", expert_init, (e, d, f), ("expert", "embed", "mlp"),
+                              self.param_dtype).astype(self.dtype) for i in range(2)]
         wo = param_with_axes(self, "wo", expert_init, (e, f, d), ("expert", "mlp", "embed"),
                              self.param_dtype).astype(self.dtype)
         xc = x.astype(self.dtype)
@@ -141,8 +141,8 @@ class MoE(nn.Module):
         x_pad = jnp.concatenate([x, jnp.zeros((b, 1, d), x.dtype)], axis=1)
         xb = jnp.take_along_axis(x_pad, src[:, :e * c, None], axis=1).reshape(b, e, c, d)
         xb = constrain(xb, ("batch", "expert", None, "embed"))
-        h = jnp.einsum("BECD,EDGF->BECGF", xb, wi)
-        h = nn.silu(h[..., 0, :]) * h[..., 1, :]
+        h = nn.silu(jnp.einsum("BECD,EDF->BECF", xb, wi[0])) * jnp.einsum(
+            "BECD,EDF->BECF", xb, wi[1])
         yb = jnp.einsum("BECF,EFD->BECD", h, wo)
         yb = constrain(yb, ("batch", "expert", None, "embed"))
         y_pad = jnp.concatenate([yb.reshape(b, e * c, d), jnp.zeros((b, 1, d), yb.dtype)], 1)
@@ -158,9 +158,8 @@ class MoE(nn.Module):
         order = jnp.argsort(flat, stable=True)
         group_sizes = jnp.bincount(flat, length=e + 1)[:e].astype(jnp.int32)
         xs = x.reshape(b * t, d)[order // k]  # [A, D]
-        h = jax.lax.ragged_dot(xs, wi.reshape(e, d, 2 * f), group_sizes)
-        h = h.reshape(-1, 2, f)
-        h = nn.silu(h[:, 0]) * h[:, 1]
+        h = nn.silu(jax.lax.ragged_dot(xs, wi[0], group_sizes)) * jax.lax.ragged_dot(
+            xs, wi[1], group_sizes)
         ys = jax.lax.ragged_dot(h, wo, group_sizes)  # rows past sum(group_sizes) are 0
         ya = jnp.zeros_like(ys).at[order].set(ys).reshape(b, t, k, d)
         g = gates * token_mask[..., None]
