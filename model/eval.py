@@ -27,7 +27,14 @@ import numpy as np
 
 from model import checkpointing, gin_flags
 from model import models  # noqa: F401  - registers DecoderOnlyModel with gin
+from model.evaluation import generation  # noqa: F401  - registers GenerationSuite with gin
 from model.evaluation import report, scoring, suites as suites_lib
+from model.evaluation import training_curves  # noqa: F401  - registers the curves section
+
+try:  # decoding lands separately; only decoding suites need it
+    from model import decoding
+except ImportError:  # pragma: no cover - depends on what is installed in the tree
+    decoding = None
 
 log = logging.getLogger("tapestry.eval")
 
@@ -64,6 +71,29 @@ def make_candidate_fn(model: Any, params: Any) -> scoring.CandidateFn:
     return lambda batch, positions, ids: np.asarray(jitted(params, batch, positions, ids))
 
 
+def prompt_batch(prompts: Sequence[tuple[Sequence[int], dict[str, np.ndarray] | None]]
+                 ) -> dict[str, np.ndarray]:
+    """Model-contract batch of right-padded prompts (targets = prompt tokens) + media rows."""
+    length = max(len(p) for p, _ in prompts)
+    rows = [([0] + list(p[:-1]), list(p), 0) for p, _ in prompts]
+    return scoring.build_batch(rows, length, len(prompts), [f for _, f in prompts])
+
+
+def make_generate_fn(model: Any, params: Any, seed: int = 0) -> Callable[..., list[list[int]]]:
+    """Greedy decoding through `model.decoding.generate` (KV cache; prefill + step):
+    ([(prompt ids, media features)], max_new_tokens) -> new token ids per prompt."""
+    if decoding is None:
+        raise ImportError("decoding suites need model/decoding.py (generate), not in this tree")
+
+    def generate(prompts, max_new_tokens: int) -> list[list[int]]:
+        batch = prompt_batch(prompts)
+        out = decoding.generate(model, params, batch, max_new_tokens, temperature=0.0,
+                                top_k=None, top_p=None, rng=jax.random.PRNGKey(seed))
+        return [list(map(int, row)) for row in np.asarray(out)]
+
+    return generate
+
+
 def load_params(model: Any, checkpoint_path: str | None, step: int | None,
                 init_seed: int, max_length: int) -> tuple[Any, int | None]:
     """Checkpoint params (and step), or freshly initialised ones when no checkpoint."""
@@ -71,7 +101,7 @@ def load_params(model: Any, checkpoint_path: str | None, step: int | None,
         params, step = checkpointing.restore_params(checkpoint_path, step)
         return unbox(params), step
     dummy = scoring.build_batch([], max_length, 1)
-    return unbox(model.init(jax.random.PRNGKey(init_seed), dummy)), None
+    return unbox(jax.jit(model.init)(jax.random.PRNGKey(init_seed), dummy)), None
 
 
 @gin.configurable
@@ -81,12 +111,15 @@ def evaluate(*, model: Any = gin.REQUIRED, suites: Sequence[Any] = gin.REQUIRED,
              buckets: Sequence[int] | None = None, init_seed: int = 0,
              title: str = "Tapestry evaluation", progress: bool = True,
              extra_sections: Sequence[SectionsFn] = (),
-             shared_context: bool = True, score_fn: scoring.ScoreFn | None = None,
+             shared_context: bool = True,
+             detokenizer: Callable[[Sequence[int]], str] | None = None,
+             score_fn: scoring.ScoreFn | None = None,
              params: Any = None) -> dict[str, Any]:
     """Runs `suites` and writes the report to `output_dir`; returns results.json's content.
 
     `extra_sections` are callables (output_dir, results) -> [Section] appended to the
-    report (e.g. training curves). `shared_context`: multiple-choice suites score all
+    report (e.g. training curves). `detokenizer` (ids -> text) is needed by decoding
+    suites (`GenerationSuite`). `shared_context`: multiple-choice suites score all
     choices of a question from one row (`SharedContextScorer`) instead of one row per
     choice. `score_fn` replaces the model scorer (tests).
     """
@@ -103,8 +136,12 @@ def evaluate(*, model: Any = gin.REQUIRED, suites: Sequence[Any] = gin.REQUIRED,
     if shared_context and params is not None:
         choice_scorer = scoring.SharedContextScorer(make_candidate_fn(model, params), max_length,
                                                     batch_size, buckets)
+    generate = None
+    if params is not None and any(isinstance(s, generation.GenerationSuite) for s in suites):
+        generate = make_generate_fn(model, params)
     ctx = suites_lib.Context(scorer=scorer, out_dir=out, progress=progress,
-                             choice_scorer=choice_scorer)
+                             choice_scorer=choice_scorer, generate=generate,
+                             detokenize=detokenizer)
     results = report.load_results(out)
     meta = report.run_metadata(checkpoint_path, ckpt_step, max_length=max_length,
                                batch_size=batch_size, devices=str(jax.devices()),

@@ -155,8 +155,8 @@ def text_documents(task_name: str = "tapestry_text", split: str = "validation",
 
     import tasks.text  # noqa: F401  (registers the text tasks)
 
-    if cache_dirs:
-        seqio.add_global_cache_dirs(list(cache_dirs))
+    if any(cache_dirs):
+        seqio.add_global_cache_dirs([d for d in cache_dirs if d])
     task = seqio.get_mixture_or_task(task_name)
     if not task.cache_dir:
         raise FileNotFoundError(
@@ -241,7 +241,7 @@ def multimodal_prompts(task_name: str = gin.REQUIRED, split: str = "validation",
         n = int(ex["prompt_length"])
         prompt = [int(t) for t in ex["targets"][:n]]
         packer = packing.MultimodalPacker(dataclasses.replace(cfg, length=n + 1))
-        batches = list(packer({**ex, "targets": np.asarray(prompt, np.int32)}))
+        batches = list(packer([{**ex, "targets": np.asarray(prompt, np.int32)}]))
         if not batches or packer.counts["segments"] == 0:
             raise ValueError(f"{task_name}/{i}: its media do not fit the budgets "
                              f"{cfg} ({packer.counts}); raise max_* / *_frames")

@@ -172,3 +172,18 @@ def test_text_suite_bpb_and_report_files(tmp_path):
     assert "data:image/png;base64," in text and "Training curves" in text
     assert (tmp_path / "plots" / "text_lm_nll_by_position.png").stat().st_size > 1000
     assert "bits per byte" in md.read_text()
+
+
+def test_training_curves_section_flags_starved_experts(tmp_path):
+    from model.evaluation import training_curves
+    rows = [{"step": s, "split": "train", "loss": 5.0 / s, "moe_aux_loss": 1.0 + 1 / s,
+             "moe_layer_0/expert_usage": [0.5, 0.3, 0.19, 0.01]} for s in range(1, 21)]
+    rows.append({"step": 20, "split": "validation", "loss": 0.3})
+    (tmp_path / "metrics.jsonl").write_text("\n".join(json.dumps(r) for r in rows) + "\n")
+    usage = training_curves.expert_usage_summary(rows, window=10)
+    assert usage["moe_layer_0"]["min_fraction_of_fair_share"] == pytest.approx(0.04)
+    assert usage["moe_layer_0"]["starved"]
+    (section,) = training_curves.training_curves_section(tmp_path, {}, model_dir=str(tmp_path))
+    assert {f.name for f in section.figures} == {
+        "training_loss", "training_aux_loss", "training_moe_layer_0_usage"}
+    assert section.tables[0].rows[0][2] == "yes"

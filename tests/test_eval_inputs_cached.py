@@ -1,0 +1,62 @@
+"""Eval inputs read from caches written by the real Beam jobs (speech, captions, text)."""
+import json
+
+import apache_beam as beam
+import numpy as np
+import pytest
+
+from pipelines import preprocess_multimodal as job, preprocess_text, special_tokens as st
+from pipelines.media_config import MediaConfig
+from tasks import eval_inputs, multimodal
+from tests.test_pipelines_interleave import VOCAB
+from tests.test_pipelines_media import _wav
+
+pytestmark = pytest.mark.slow  # builds caches with the real Beam jobs
+
+CFG = MediaConfig(image_size=32, image_patch_size=16, max_audio_seconds=2.0)
+BOOK = "It was the best of times, it was the worst of times.\n" * 30
+
+
+@pytest.fixture(scope="module")
+def cache_dir(tmp_path_factory):
+    d = tmp_path_factory.mktemp("evalcorpus")
+    rng = np.random.default_rng(0)
+    for i in range(3):
+        (d / f"s{i}.wav").write_bytes(
+            _wav((rng.normal(size=4000 * (i + 1)) * 0.1).astype(np.float32), 16000))
+    (d / "speech.jsonl").write_text("".join(
+        json.dumps({"audio": f"s{i}.wav", "text": f"seven {i} nine"}) + "\n" for i in range(3)))
+    (d / "book.txt").write_text(BOOK)
+    cache = str(d / "cache")
+    options = beam.options.pipeline_options.PipelineOptions(
+        ["--runner=apache_beam.runners.portability.fn_api_runner.FnApiRunner"])
+    with beam.Pipeline(options=options) as p:
+        _ = p | job.PreprocessMultimodal("speech_manifest", [str(d / "speech.jsonl")], cache,
+                                         multimodal.task_name("speech_manifest"), CFG, vocab=VOCAB)
+        preprocess_text.build(p, [str(d / "book.txt")], cache, "tapestry_text", VOCAB,
+                              max_chars=400, validation_fraction=0.5)
+    return cache
+
+
+def test_speech_prompts_carry_audio_rows_and_transcripts(cache_dir):
+    recs = eval_inputs.multimodal_prompts(
+        "tapestry_mm_speech_manifest", split="train", cache_dirs=[cache_dir], max_audio=1,
+        audio_frames=201, n_mels=CFG.n_mels)
+    assert sorted(r["answer"] for r in recs) == ["seven 0 nine", "seven 1 nine", "seven 2 nine"]
+    for r in recs:
+        p = r["prompt_ids"]
+        assert p.count(st.BEGIN_AUDIO_ID) == 1 and p.count(st.END_AUDIO_ID) == 1
+        k = p.count(st.AUDIO_ID)
+        frames = int(r["features"]["audio_lengths"][0])
+        assert k == -(-frames // 4)  # ceil(frames / 4): the contract's audio slots
+        assert r["features"]["audio"].shape == (1, 201, CFG.n_mels)
+        assert "seven" not in r["prompt_text"]  # the transcript is the answer, not the prompt
+
+
+def test_text_documents_are_the_cached_held_out_text(cache_dir):
+    docs = eval_inputs.text_documents("tapestry_text", "validation", cache_dirs=[cache_dir])
+    assert docs
+    encode = eval_inputs.tokenizer()
+    for d in docs:
+        assert d["text"] and d["text"] in BOOK
+        assert d["token_ids"] == encode(d["text"])
