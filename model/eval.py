@@ -27,6 +27,7 @@ import numpy as np
 
 from model import checkpointing, gin_flags
 from model import models  # noqa: F401  - registers DecoderOnlyModel with gin
+from model import train  # noqa: F401  - so experiment gins (train loop included) parse here too
 from model.evaluation import generation  # noqa: F401  - registers GenerationSuite with gin
 from model.evaluation import report, scoring, suites as suites_lib
 from model.evaluation import training_curves  # noqa: F401  - registers the curves section

@@ -324,3 +324,11 @@ def insert_needle(haystack: Sequence[int], needle: Sequence[int], depth: float,
             back -= 1
         pos = back if back > 0 else pos
     return list(haystack[:pos]) + list(needle) + list(haystack[pos:])
+
+
+@gin.configurable(module="eval_inputs")
+def caption_slot_vocab() -> dict[str, list[str]]:
+    """Colour and shape words of the generated shapes corpus (pipelines/synthetic/shapes.py),
+    for `GenerationSuite(metric='slots')`: caption colour+shape exact match."""
+    from pipelines.synthetic import shapes
+    return {"colour": sorted(shapes.COLOURS), "shape": list(shapes.SHAPES)}

@@ -85,3 +85,20 @@ def test_niah_prompts_on_gutenberg(data_dir):
     assert before.rstrip()[-1] in ".!?"  # the needle starts a sentence
     assert recs == eval_inputs.niah_prompts([str(book)], context_lengths=(128, 256),
                                             depths=(0.0, 0.5, 1.0))  # seeded
+
+
+def test_slots_metric_scores_colour_and_shape(tmp_path):
+    vocab = {"colour": ["red", "green", "blue"], "shape": ["circle", "square"]}
+    assert generation.slot_values("A Red square, on the left.", vocab) == {"colour": "red", "shape": "square"}
+    words = WORDS + ["a", "red", "green", "circle", "square", "left"]
+    recs = [{"sample_id": "c0", "prompt_ids": [100], "answer": "a red circle on the left"},
+            {"sample_id": "c1", "prompt_ids": [101], "answer": "a green square on the left"}]
+    ctx = _ctx(tmp_path, {100: [14, 15, 17, 18], 101: [14, 16, 17]})
+    ctx.detokenize = lambda ids: " ".join(words[i] for i in ids)
+    res = generation.GenerationSuite(inputs_fn=lambda: recs, name="captions", metric="slots",
+                                     slot_vocab=vocab).run(ctx)
+    assert res.metrics["exact_match"] == 0.5
+    assert res.metrics["per_slot"]["colour"]["acc"] == 1.0
+    assert res.metrics["per_slot"]["shape"]["acc"] == 0.5
+    with pytest.raises(ValueError, match="slot_vocab is needed"):
+        generation.GenerationSuite(inputs_fn=lambda: recs, name="x", metric="slots")

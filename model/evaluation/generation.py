@@ -12,6 +12,9 @@ Inputs (from a gin-bound `tasks/eval_inputs.py` function), one record per sample
     multiple_choice  answer letter parsed deterministically, unparseable = wrong (video_qa.py)
     exact_match      open-ended, exact match after normalisation, per question type (video_qa.py)
     contains         needle-in-a-haystack: the answer appears in the output (long_context.py)
+    slots            named attributes (e.g. colour and shape of a caption): for each slot,
+                     the first word of the output from that slot's vocabulary must equal
+                     the reference's; reported per slot and all slots together
 
 `Context.generate(prompts, max_new_tokens) -> [[token ids]]` (greedy, ids after the
 prompt, EOS and what follows removed) is built by model/eval.py from model/decoding.py.
@@ -24,12 +27,19 @@ from typing import Any, Mapping, Sequence
 import gin
 import numpy as np
 
-from model.evaluation import asr, long_context, plots, report, video_qa
+from model.evaluation import asr, long_context, plots, report, stats, video_qa
 from model.evaluation.report import Figure, Section, Table
 from model.evaluation.suites import Context, InputsFn, SuiteResult, _progress, _timing
 
-METRICS = ("wer", "cer", "multiple_choice", "exact_match", "contains")
+METRICS = ("wer", "cer", "multiple_choice", "exact_match", "contains", "slots")
 EOS_ID = 1
+
+
+def slot_values(text: str, slot_vocab: Mapping[str, Sequence[str]]) -> dict[str, str | None]:
+    """For each slot, the first word of `text` in that slot's vocabulary (None if none)."""
+    words = video_qa.normalize_answer(text).split()
+    return {slot: next((w for w in words if w in set(vocab)), None)
+            for slot, vocab in slot_vocab.items()}
 
 
 def strip_eos(tokens: Sequence[int]) -> list[int]:
@@ -48,10 +58,14 @@ class GenerationSuite:
 
     def __init__(self, inputs_fn: InputsFn = gin.REQUIRED, name: str = gin.REQUIRED,
                  metric: str = gin.REQUIRED, max_new_tokens: int = 32, batch_size: int = 8,
-                 language: str = "en"):
+                 language: str = "en", slot_vocab: Mapping[str, Sequence[str]] | None = None):
         if metric not in METRICS:
             raise ValueError(f"GenerationSuite {name}: metric must be one of {METRICS}, "
                              f"got {metric!r}")
+        if (metric == "slots") != bool(slot_vocab):
+            raise ValueError(f"GenerationSuite {name}: slot_vocab is needed by (and only by) "
+                             "metric='slots', e.g. {'colour': ['red', ...], 'shape': [...]}")
+        self.slot_vocab = {k: [w.lower() for w in v] for k, v in (slot_vocab or {}).items()}
         self.inputs_fn, self.name, self.metric = inputs_fn, name, metric
         self.max_new_tokens, self.batch_size, self.language = max_new_tokens, batch_size, language
 
@@ -76,6 +90,7 @@ class GenerationSuite:
         samples = [log.done[r["sample_id"]] for r in records]
         metrics = self._score(samples)
         config = {"metric": self.metric, "max_new_tokens": self.max_new_tokens,
+                  "slot_vocab": self.slot_vocab or None,
                   "batch_size": self.batch_size, "num_samples": len(records),
                   "decoding": "greedy"}
         return SuiteResult(self.name, metrics, config, self._sections(metrics, samples),
@@ -110,6 +125,8 @@ class GenerationSuite:
             res = video_qa.score_open_ended(
                 {"output": s["output"], "answer": s["target"], "type": s["meta"].get("type", "")}
                 for s in samples)
+        elif self.metric == "slots":
+            return self._score_slots(samples)
         else:  # contains
             recalled = [long_context.needle_recalled(s["output"], s["target"]) for s in samples]
             res = long_context.niah_grid(
@@ -119,6 +136,22 @@ class GenerationSuite:
         for s, p in zip(samples, res.pop("per_sample")):
             s.update(p)
         return res
+
+    def _score_slots(self, samples: list[dict[str, Any]]) -> dict[str, Any]:
+        per_slot: dict[str, list[float]] = {k: [] for k in self.slot_vocab}
+        all_ok = []
+        for s in samples:
+            ref = slot_values(s["target"], self.slot_vocab)
+            out = slot_values(s["output"], self.slot_vocab)
+            oks = {k: float(ref[k] is not None and out[k] == ref[k]) for k in self.slot_vocab}
+            for k, v in oks.items():
+                per_slot[k].append(v)
+            all_ok.append(float(all(oks.values())))
+            s.update(slots_output=out, slots_reference=ref, correct=all_ok[-1])
+        return {"exact_match": float(np.mean(all_ok)), "exact_match_stderr": stats.mean_stderr(all_ok),
+                "n": len(all_ok),
+                "per_slot": {k: {"acc": float(np.mean(v)), "acc_stderr": stats.mean_stderr(v)}
+                             for k, v in per_slot.items()}}
 
     def _sections(self, m: Mapping[str, Any], samples: list[dict[str, Any]]) -> list[Section]:
         examples = Table(("sample", "target", "output"),
@@ -147,6 +180,14 @@ class GenerationSuite:
                                   plots.accuracy_bars(m["per_type"], title=self.name)))
             paragraph = (f"Answer letter parsed deterministically; {m['unparseable']:.1%} of "
                          "outputs had no parseable letter and count as wrong.")
+        elif self.metric == "slots":
+            tables.append(Table(("slots", "exact match", "stderr", "n"),
+                                [("all (" + " + ".join(self.slot_vocab) + ")", m["exact_match"],
+                                  m["exact_match_stderr"], m["n"])]
+                                + [(k, v["acc"], v["acc_stderr"], m["n"])
+                                   for k, v in m["per_slot"].items()]))
+            paragraph = ("A sample is right when, for every slot, the first word of the output "
+                         "from that slot's vocabulary equals the reference's.")
         elif self.metric == "exact_match":
             tables.append(Table(("type", "exact match", "stderr", "n"),
                                 [("all", m["exact_match"], m["exact_match_stderr"], m["n"])]
