@@ -117,7 +117,7 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--presets", default="tiny,small,maxtext_dense,maxtext_moe")
     p.add_argument("--steps", type=int, default=10, help="timed bare steps per preset")
-    p.add_argument("--overhead_preset", default="maxtext_dense")
+    p.add_argument("--overhead_preset", default="tiny")
     p.add_argument("--overhead_steps", type=int, default=121)
     p.add_argument("--skip_overhead", action="store_true")
     p.add_argument("--json", default=None, help="also write the results here")

@@ -28,7 +28,6 @@ from typing import Any
 
 import gin
 import jax
-import numpy as np
 import orbax.checkpoint as ocp
 
 STATE, DATA = "state", "data"
@@ -179,14 +178,13 @@ class PreemptionWatcher:
     """Flags SIGTERM so the loop can save at the next step boundary and exit."""
 
     def __init__(self, enabled: bool = True):
-        self.signal_step: int | None = None
         self._caught = False
         self._previous = None
         if enabled:
             self._previous = signal.signal(signal.SIGTERM, self._handle)
 
-    def _handle(self, signum, frame):  # noqa: ARG002 - signal API
-        del signum, frame
+    def _handle(self, signum, frame):
+        del signum, frame  # signal handler API
         self._caught = True
 
     @property

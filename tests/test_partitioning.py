@@ -27,13 +27,19 @@ def _model():
     return DecoderOnlyModel(model_config("tiny_moe", TINY_MOE))
 
 
+_INITIAL = {}
+
+
 def _losses(mesh_shape, num_devices=None, steps=5, fsdp=False, num_microbatches=1):
     part = Partitioner(mesh_shape, fsdp=fsdp, num_devices=num_devices)
     schedule = warmup_cosine_schedule(1e-2, 1, 50)
     tr = Trainer(_model(), adamw(schedule), part, schedule,
                  num_microbatches=num_microbatches)
     batches = list(synthetic_dataset_fn(DATA, 0, 1, 0, vocab_size=256, num_batches=steps))
-    state = tr.init_state(jax.random.key(0), part.shard_batch(batches[0]))
+    if not _INITIAL:  # initialise once (one compile), then place it on every mesh
+        _INITIAL["state"] = jax.device_get(
+            tr.init_state(jax.random.key(0), part.shard_batch(batches[0])))
+    state = jax.device_put(_INITIAL["state"], tr.state_shardings(batches[0]))
     step_fn = tr.jit_train_step(batches[0])
     losses = []
     for b in batches:
