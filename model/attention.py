@@ -95,8 +95,8 @@ class Attention(nn.Module):
 
     def _cache_vars(self, b: int, dtype):
         shape = (b, self.cache_len, self.num_kv_heads, self.head_dim)
-        ck = self.variable("cache", "key", jnp.zeros, shape, dtype)
-        cv = self.variable("cache", "value", jnp.zeros, shape, dtype)
+        ck = self.variable("cache", "cached_key", jnp.zeros, shape, dtype)
+        cv = self.variable("cache", "cached_value", jnp.zeros, shape, dtype)
         return ck, cv
 
     def _write_prefill(self, k, v):

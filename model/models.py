@@ -79,6 +79,12 @@ class DecoderOnlyModel:
                             "in gin: DecoderOnlyModel.config = @model_config()")
         self.config = config
 
+    def __eq__(self, other: object) -> bool:  # equal configs share jit caches
+        return isinstance(other, DecoderOnlyModel) and other.config == self.config
+
+    def __hash__(self) -> int:
+        return hash(self.config)
+
     def module(self, *, train: bool = False, mode: str = "full", cache_len: int = 0
                ) -> Transformer:
         return Transformer(self.config, train=train, mode=mode, cache_len=cache_len)
