@@ -24,13 +24,17 @@ def _losses(model_dir) -> dict[int, float]:
     return {r["step"]: r["loss"] for r in read_jsonl(model_dir / "metrics.jsonl", "train")}
 
 
-def _wait_for_step(proc, model_dir, step: int, timeout: float = 120) -> int:
+def _tail(path) -> str:
+    return path.read_text()[-3000:] if path.exists() else ""
+
+
+def _wait_for_step(proc, model_dir, step: int, timeout: float = 180) -> int:
     path = model_dir / "metrics.jsonl"
     deadline = time.time() + timeout
     while time.time() < deadline:
         if proc.poll() is not None:
             raise AssertionError(f"run ended early (rc {proc.returncode}):\n"
-                                 f"{proc.stdout.read()[-3000:]}")
+                                 f"{_tail(model_dir.parent / (model_dir.name + '.log'))}")
         if path.exists():
             rows = read_jsonl(path, "train")
             if rows and rows[-1]["step"] >= step:
@@ -43,13 +47,15 @@ def _wait_for_step(proc, model_dir, step: int, timeout: float = 120) -> int:
 def test_sigkill_and_restart_reproduces_losses_bitwise(tmp_path):
     steps = 30
     ref_dir, run_dir = tmp_path / "uninterrupted", tmp_path / "killed"
-    ref = train_testlib.popen(train_testlib.cli_args(ref_dir, steps, RESUME_BINDINGS))
-    killed = train_testlib.popen(train_testlib.cli_args(run_dir, 10_000, RESUME_BINDINGS))
+    ref = train_testlib.popen(train_testlib.cli_args(ref_dir, steps, RESUME_BINDINGS),
+                              tmp_path / "uninterrupted.log")
+    killed = train_testlib.popen(train_testlib.cli_args(run_dir, 10_000, RESUME_BINDINGS),
+                                 tmp_path / "killed.log")
     seen = _wait_for_step(killed, run_dir, 13)
     killed.send_signal(signal.SIGKILL)
     killed.wait(timeout=30)
     before_kill = _losses(run_dir)
-    assert ref.wait(timeout=180) == 0, ref.stdout.read()[-3000:]
+    assert ref.wait(timeout=300) == 0, _tail(tmp_path / "uninterrupted.log")
 
     restarted = train_testlib.run(train_testlib.cli_args(run_dir, steps, RESUME_BINDINGS))
     assert restarted.returncode == 0, restarted.stderr[-3000:]
@@ -66,13 +72,16 @@ def test_sigkill_and_restart_reproduces_losses_bitwise(tmp_path):
 
 
 def test_sigterm_saves_at_the_step_caught(tmp_path):
+    model_dir = tmp_path / "run"
     proc = train_testlib.popen(train_testlib.cli_args(
-        tmp_path, 10_000, ["train.log_every = 1", "CheckpointConfig.save_every = 1000"]))
-    _wait_for_step(proc, tmp_path, 7)
+        model_dir, 10_000, ["train.log_every = 1", "CheckpointConfig.save_every = 1000"]),
+        tmp_path / "run.log")
+    _wait_for_step(proc, model_dir, 7)
     proc.send_signal(signal.SIGTERM)
-    out, _ = proc.communicate(timeout=60)
+    proc.wait(timeout=120)
+    out = (tmp_path / "run.log").read_text()
     assert proc.returncode == 0, out[-3000:]
     caught = int(re.search(r"preempted: checkpoint saved at step (\d+)", out).group(1))
     assert caught >= 7
-    assert os.listdir(tmp_path / "checkpoints") == [str(caught)]
-    assert max(_losses(tmp_path)) == caught
+    assert os.listdir(model_dir / "checkpoints") == [str(caught)]
+    assert max(_losses(model_dir)) == caught

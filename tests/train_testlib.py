@@ -52,10 +52,15 @@ def env(num_devices: int = 8) -> dict[str, str]:
     return e
 
 
-def popen(args: Sequence[str], num_devices: int = 8) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, "-m", "model.train", *args], cwd=REPO,
-                            env=env(num_devices), stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, text=True)
+def popen(args: Sequence[str], log_path: pathlib.Path, num_devices: int = 8
+          ) -> subprocess.Popen:
+    """Starts `python -m model.train`; stdout+stderr go to `log_path` (a file, so a
+    chatty run never blocks on a full pipe)."""
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    with open(log_path, "w") as log:
+        return subprocess.Popen([sys.executable, "-m", "model.train", *args], cwd=REPO,
+                                env=env(num_devices), stdout=log,
+                                stderr=subprocess.STDOUT, text=True)
 
 
 def run(args: Sequence[str], num_devices: int = 8, timeout: float = 120
