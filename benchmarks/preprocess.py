@@ -12,6 +12,10 @@ tokenize/interleave work (`interleave.DocumentEncoder.encode`) two ways:
 Throughput per core is reported two ways: from wall time (documents / s / worker)
 and from CPU time (documents per CPU-second, all processes of the job, read with
 getrusage; robust when other work shares the cores). The ratio is Beam / loop.
+Each Beam job also runs on a tiny input (one document per distinct file, or one
+text chunk); "steady" figures subtract that run (start-up of the runner and its
+worker processes, a fixed cost of a few CPU-seconds) and are the rate a long job
+approaches.
 
 For text, on --text_mb of the Gutenberg + Shakespeare text (repeated), cut into
 ~4000-character chunks, one per line, it compares tokens/s of
@@ -46,7 +50,7 @@ def media_files(modality: str) -> list[str]:
     return sorted(glob.glob(f"{DATA}/video/*"))
 
 
-DOCS_PER_MODALITY = {"image": 2600, "audio": 1300, "video": 150}
+DOCS_PER_MODALITY = {"image": 1300, "audio": 390, "video": 60}
 
 
 def _child_cpu() -> float:
@@ -63,6 +67,11 @@ def run_cli(module: str, args: list[str], env: dict | None = None) -> tuple[floa
     if proc.returncode:
         raise RuntimeError(f"{module} failed:\n{proc.stderr[-3000:]}")
     return wall, cpu
+
+
+def _steady(n: int, n_tiny: int, wall: float, cpu: float, tiny: tuple[float, float], workers: int) -> dict:
+    dw, dc = max(wall - tiny[0], 1e-9), max(cpu - tiny[1], 1e-9)
+    return {"steady_per_s_per_core": (n - n_tiny) / dw / workers, "steady_per_cpu_s": (n - n_tiny) / dc}
 
 
 def bench_media(modality: str, workers: int, scale: float, tmp: str) -> dict:
@@ -82,9 +91,13 @@ def bench_media(modality: str, workers: int, scale: float, tmp: str) -> dict:
     for d in docs:
         items += sum(int(v) for k, v in encoder.encode(d).example["_stats"].items() if k.endswith("_items"))
     loop_wall, loop_cpu = time.time() - t0, time.process_time() - c0
-    wall, cpu = run_cli("pipelines.preprocess_multimodal", [
-        "--kind=interleaved", f"--input={manifest}", f"--cache_dir={tmp}/cache", f"--task=bench_{modality}",
-        "--progress_every_s=0", *RUNNER, f"--direct_num_workers={workers}"])
+    tiny_manifest = os.path.join(tmp, f"{modality}_tiny.jsonl")
+    with open(tiny_manifest, "w") as f:
+        f.writelines(json.dumps(d) + "\n" for d in docs[:len(files)])
+    flags = ["--kind=interleaved", f"--cache_dir={tmp}/cache", "--progress_every_s=0", *RUNNER,
+             f"--direct_num_workers={workers}"]
+    tiny = run_cli("pipelines.preprocess_multimodal", [*flags, f"--input={tiny_manifest}", f"--task=tiny_{modality}"])
+    wall, cpu = run_cli("pipelines.preprocess_multimodal", [*flags, f"--input={manifest}", f"--task=bench_{modality}"])
     with open(os.path.join(tmp, "cache", f"bench_{modality}", "summary.train.json")) as f:
         summary = json.load(f)
     assert summary["examples_out"] == n, summary
@@ -94,6 +107,9 @@ def bench_media(modality: str, workers: int, scale: float, tmp: str) -> dict:
            "beam_docs_per_s_per_core": n / wall / workers, "beam_docs_per_cpu_s": n / cpu}
     out["ratio_wall"] = out["beam_docs_per_s_per_core"] / out["loop_docs_per_s_per_core"]
     out["ratio_cpu"] = out["beam_docs_per_cpu_s"] / out["loop_docs_per_cpu_s"]
+    out.update(_steady(n, len(files), wall, cpu, tiny, workers))
+    out["steady_ratio_wall"] = out["steady_per_s_per_core"] / out["loop_docs_per_s_per_core"]
+    out["steady_ratio_cpu"] = out["steady_per_cpu_s"] / out["loop_docs_per_cpu_s"]
     return out
 
 
@@ -109,12 +125,16 @@ def make_text_corpus(tmp: str, megabytes: float, chunk_chars: int = 4000) -> tup
         chunks.append(chunk)
         size += len(chunk.encode("utf-8"))
         i += 1
-    txt, jsonl = os.path.join(tmp, "corpus.txt"), os.path.join(tmp, "corpus.jsonl")
+    return _write_corpus(tmp, "corpus", chunks) + (chunks,)
+
+
+def _write_corpus(tmp: str, name: str, chunks: list[str]) -> tuple[str, str]:
+    txt, jsonl = os.path.join(tmp, f"{name}.txt"), os.path.join(tmp, f"{name}.jsonl")
     with open(txt, "w", encoding="utf-8") as f:
         f.writelines(c + "\n" for c in chunks)
     with open(jsonl, "w", encoding="utf-8") as f:
         f.writelines(json.dumps({"id": f"c{i}", "text": c}) + "\n" for i, c in enumerate(chunks))
-    return txt, jsonl, chunks
+    return txt, jsonl
 
 
 def _cache_tokens(task_dir: str) -> int:
@@ -132,30 +152,45 @@ def bench_text(workers: int, megabytes: float, tmp: str) -> dict:
     out = {"megabytes": megabytes, "chunks": len(chunks), "tokens": tokens,
            "sentencepiece_loop": {"tokens_per_s": tokens / sp_wall, "tokens_per_cpu_s": tokens / sp_cpu}}
     beam_flags = [*RUNNER, f"--direct_num_workers={workers}"]
-    jobs = {
-        "preprocess_text": ("pipelines.preprocess_text",
-                            [f"--input={jsonl}", f"--cache_dir={tmp}/tcache", "--task=bench_text", *beam_flags],
-                            f"{tmp}/tcache/bench_text", None),
-        "preprocess_multimodal_text": ("pipelines.preprocess_multimodal",
-                                       ["--kind=text", f"--input={jsonl}", f"--cache_dir={tmp}/mcache",
-                                        "--task=bench_mm_text", "--progress_every_s=0", *beam_flags],
-                                       f"{tmp}/mcache/bench_mm_text", None),
-        "seqio_cache_tasks_main": ("seqio.scripts.cache_tasks_main",
-                                   ["--module_import=benchmarks.seqio_text_task", "--tasks=tapestry_bench_seqio_text",
-                                    f"--output_cache_dir={tmp}/scache",
-                                    "--pipeline_options=" + ",".join(beam_flags)],
-                                   f"{tmp}/scache/tapestry_bench_seqio_text", {"TAPESTRY_BENCH_CORPUS": txt}),
-    }
-    for name, (module, args, task_dir, env) in jobs.items():
+    tiny_txt, tiny_jsonl = _write_corpus(tmp, "tiny", chunks[:1])
+
+    def jobs(txt: str, jsonl: str, tag: str) -> dict:
+        return {
+            "preprocess_text": ("pipelines.preprocess_text",
+                                [f"--input={jsonl}", f"--cache_dir={tmp}/tcache{tag}", "--task=bench_text", *beam_flags],
+                                f"{tmp}/tcache{tag}/bench_text", None),
+            "preprocess_multimodal_text": ("pipelines.preprocess_multimodal",
+                                           ["--kind=text", f"--input={jsonl}", f"--cache_dir={tmp}/mcache{tag}",
+                                            "--task=bench_mm_text", "--progress_every_s=0", *beam_flags],
+                                           f"{tmp}/mcache{tag}/bench_mm_text", None),
+            "seqio_cache_tasks_main": ("seqio.scripts.cache_tasks_main",
+                                       ["--module_import=benchmarks.seqio_text_task",
+                                        "--tasks=tapestry_bench_seqio_text", f"--output_cache_dir={tmp}/scache{tag}",
+                                        "--pipeline_options=" + ",".join(beam_flags)],
+                                       f"{tmp}/scache{tag}/tapestry_bench_seqio_text", {"TAPESTRY_BENCH_CORPUS": txt}),
+        }
+
+    tiny_jobs = jobs(tiny_txt, tiny_jsonl, "_tiny")
+    for name, (module, args, task_dir, env) in jobs(txt, jsonl, "").items():
+        t_module, t_args, t_dir, t_env = tiny_jobs[name]
+        tiny = run_cli(t_module, t_args, t_env)
         wall, cpu = run_cli(module, args, env)
         n = _cache_tokens(task_dir)
         out[name] = {"tokens": n, "wall_s": wall, "cpu_s": cpu, "tokens_per_s": n / wall,
-                     "tokens_per_s_per_core": n / wall / workers, "tokens_per_cpu_s": n / cpu}
-    seqio_rate = out["seqio_cache_tasks_main"]["tokens_per_s"]
+                     "tokens_per_s_per_core": n / wall / workers, "tokens_per_cpu_s": n / cpu,
+                     "tiny_wall_s": tiny[0], "tiny_cpu_s": tiny[1],
+                     **_steady(n, _cache_tokens(t_dir), wall, cpu, tiny, workers)}
+        out[name]["steady_tokens_per_s"] = out[name]["steady_per_s_per_core"] * workers
+    seqio = out["seqio_cache_tasks_main"]
+    sp_rate = out["sentencepiece_loop"]
     for name in ("preprocess_text", "preprocess_multimodal_text"):
-        out[name]["x_seqio"] = out[name]["tokens_per_s"] / seqio_rate
-        out[name]["per_core_vs_sentencepiece"] = (out[name]["tokens_per_s_per_core"]
-                                                  / out["sentencepiece_loop"]["tokens_per_s"])
+        j = out[name]
+        j["x_seqio"] = j["tokens_per_s"] / seqio["tokens_per_s"]
+        j["x_seqio_cpu"] = j["tokens_per_cpu_s"] / seqio["tokens_per_cpu_s"]
+        j["steady_x_seqio_cpu"] = j["steady_per_cpu_s"] / seqio["steady_per_cpu_s"]
+        j["per_core_vs_sentencepiece"] = j["tokens_per_s_per_core"] / sp_rate["tokens_per_s"]
+        j["per_cpu_vs_sentencepiece"] = j["tokens_per_cpu_s"] / sp_rate["tokens_per_cpu_s"]
+        j["steady_per_cpu_vs_sentencepiece"] = j["steady_per_cpu_s"] / sp_rate["tokens_per_cpu_s"]
     return out
 
 
@@ -174,20 +209,28 @@ def main(argv=None) -> dict:
         for modality in ("image", "audio", "video"):
             if modality in args.only:
                 r = results[modality] = bench_media(modality, args.workers, args.scale, tmp)
-                print(f"{modality:6s} {r['documents']:4d} docs | loop {r['loop_docs_per_s_per_core']:7.1f} docs/s/core | "
-                      f"beam {r['beam_docs_per_s_per_core']:7.1f} docs/s/core (wall {r['beam_wall_s']:.1f}s) "
-                      f"ratio {r['ratio_wall']:.2f} | per CPU-s: loop {r['loop_docs_per_cpu_s']:.1f} "
-                      f"beam {r['beam_docs_per_cpu_s']:.1f} ratio {r['ratio_cpu']:.2f}", flush=True)
+                print(f"{modality:6s} {r['documents']:4d} docs, docs per core-s | loop {r['loop_docs_per_s_per_core']:.1f} "
+                      f"(per CPU-s {r['loop_docs_per_cpu_s']:.1f}) | beam end-to-end {r['beam_docs_per_s_per_core']:.1f} "
+                      f"(per CPU-s {r['beam_docs_per_cpu_s']:.1f}), ratio {r['ratio_wall']:.2f} wall / "
+                      f"{r['ratio_cpu']:.2f} CPU | beam steady {r['steady_per_s_per_core']:.1f} "
+                      f"(per CPU-s {r['steady_per_cpu_s']:.1f}), ratio {r['steady_ratio_wall']:.2f} wall / "
+                      f"{r['steady_ratio_cpu']:.2f} CPU", flush=True)
         if "text" in args.only:
             r = results["text"] = bench_text(args.workers, args.text_mb, tmp)
             print(f"text   {r['megabytes']:.0f} MB, {r['tokens']} tokens | sentencepiece loop "
-                  f"{r['sentencepiece_loop']['tokens_per_s'] / 1e6:.2f}M tokens/s (1 core)")
+                  f"{r['sentencepiece_loop']['tokens_per_s'] / 1e6:.2f}M tokens/s on 1 core "
+                  f"({r['sentencepiece_loop']['tokens_per_cpu_s'] / 1e6:.2f}M per CPU-s)")
             for name in ("preprocess_text", "preprocess_multimodal_text", "seqio_cache_tasks_main"):
                 j = r[name]
-                extra = (f" | {j['x_seqio']:.1f}x seqio, per core {100 * j['per_core_vs_sentencepiece']:.0f}% of "
-                         "sentencepiece") if "x_seqio" in j else ""
-                print(f"  {name:28s} {j['tokens_per_s'] / 1e6:.3f}M tokens/s ({args.workers} workers, "
-                      f"wall {j['wall_s']:.1f}s, {j['tokens_per_cpu_s'] / 1e6:.3f}M tokens/CPU-s){extra}", flush=True)
+                line = (f"  {name:27s} end-to-end {j['tokens_per_s'] / 1e6:.3f}M tokens/s ({args.workers} workers, "
+                        f"wall {j['wall_s']:.1f}s; {j['tokens_per_cpu_s'] / 1e6:.3f}M per CPU-s) | steady "
+                        f"{j['steady_tokens_per_s'] / 1e6:.3f}M tokens/s ({j['steady_per_cpu_s'] / 1e6:.3f}M per CPU-s)")
+                if "x_seqio" in j:
+                    line += (f" | vs seqio {j['x_seqio']:.1f}x wall, {j['x_seqio_cpu']:.1f}x CPU, "
+                             f"{j['steady_x_seqio_cpu']:.1f}x steady CPU | vs sentencepiece per core "
+                             f"{100 * j['per_core_vs_sentencepiece']:.0f}% wall, {100 * j['per_cpu_vs_sentencepiece']:.0f}% "
+                             f"CPU, {100 * j['steady_per_cpu_vs_sentencepiece']:.0f}% steady CPU")
+                print(line, flush=True)
     results["load_avg_end"] = os.getloadavg()
     print(f"load average start {results['load_avg_start'][0]:.1f}, end {results['load_avg_end'][0]:.1f} "
           f"on {results['cpu_count']} cores")

@@ -104,8 +104,14 @@ LINE_PARSERS: dict[str, Callable[[dict, str], list[dict]]] = {
 }
 
 
-def parse_line(kind: str, path: str, line: str) -> dict | None:
+def parse_line(kind: str, path: str, line: str | bytes) -> dict | None:
     """One JSONL line of `path` -> document or error record (None for a blank line)."""
+    if isinstance(line, bytes):
+        try:
+            line = line.decode("utf-8")
+        except UnicodeDecodeError as e:
+            fallback = f"{os.path.basename(path)}:{hashlib.sha1(line).hexdigest()[:12]}"
+            return _error(fallback, kind, "bad_record", f"{path}: not UTF-8: {e}")
     if not line.strip():
         return None
     fallback = _line_id(path, line)
@@ -249,7 +255,7 @@ def expand_input(kind: str, pattern: str) -> list[str]:
 def read_file(kind: str, path: str, opts: ReaderOptions = ReaderOptions()) -> Iterator[dict]:
     """All documents (and error records) of one input file."""
     if kind in LINE_PARSERS:
-        for line in media_io.read_text(path).splitlines():
+        for line in media_io.read_bytes(path, 1 << 40).splitlines():
             doc = parse_line(kind, path, line)
             if doc is not None:
                 yield doc

@@ -55,7 +55,7 @@ class ReadMultimodalDocuments(beam.PTransform):
         kind = self._kind
         if kind in mm_readers.LINE_PARSERS:
             docs = (files
-                    | "Lines" >> beam.io.ReadAllFromText(with_filename=True)
+                    | "Lines" >> beam.io.ReadAllFromText(with_filename=True, coder=beam.coders.BytesCoder())
                     | "Parse" >> beam.Map(lambda fl: mm_readers.parse_line(kind, fl[0], fl[1]))
                     | "DropBlank" >> beam.Filter(lambda d: d is not None))
         else:

@@ -100,9 +100,10 @@ def test_unknown_part_kind_unsupported(encoder, tmp_path):
 
 def test_bad_records_become_error_documents(tmp_path, encoder):
     manifest = tmp_path / "m.jsonl"
-    manifest.write_text('{"id": "ok", "parts": [{"text": "fine"}]}\nnot json\n\n{"parts": []}\n[1, 2]\n')
+    manifest.write_bytes(b'{"id": "ok", "parts": [{"text": "fine"}]}\nnot json\n\n{"parts": []}\n[1, 2]\n'
+                         b'{"id": "latin1", "parts": [{"text": "caf\xe9"}]}\n')
     docs = list(mm_readers.read_documents("interleaved", str(manifest)))
-    assert len(docs) == 4 and [d.get("error") for d in docs] == [None, "bad_record", "bad_record", "bad_record"]
+    assert [d.get("error") for d in docs] == [None] + ["bad_record"] * 4
     letters = [encoder.encode(d).dead_letter for d in docs[1:]]
     assert all(l["reason"] == "bad_record" and l["id"].startswith("m.jsonl:") for l in letters)
     captions = tmp_path / "c.jsonl"

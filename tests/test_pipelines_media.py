@@ -195,3 +195,16 @@ def test_real_media_all_decode(data_dir):
     for path in sorted((data_dir / "video").iterdir()):
         frames, _ = video_decode.sample_frames(path.read_bytes(), cfg)
         assert frames.shape[1:] == (112, 112, 3) and 1 <= frames.shape[0] <= 16
+
+
+def test_model_mirrors_slot_formulas():
+    """model/config.py computes slots itself (no pipelines import); both must agree."""
+    from model import config as mc
+    for size, patch in ((224, 16), (224, 32), (64, 16), (32, 8)):
+        assert mc.VisionEncoderConfig(image_size=size, patch_size=patch).slots_per_item == \
+            media_slots.image_slots(size, patch)
+        assert mc.VisionEncoderConfig(image_size=size, patch_size=patch, num_frames=4).slots_per_item == \
+            media_slots.video_slots(4, size, patch)
+    audio = mc.AudioEncoderConfig()
+    for n in (0, 1, 3, 4, 5, 251, 3001):
+        assert audio.slots(n) == media_slots.audio_slots(n)
