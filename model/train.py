@@ -186,10 +186,12 @@ def train(*, model: Any = gin.REQUIRED,
           peak_flops_per_device: float | None = None,
           tensorboard: bool = True,
           progress_bar: bool | None = None,
-          prefetch: int = 2) -> TrainResult:
+          prefetch: int = 2,
+          profile_steps: tuple[int, int] | None = None) -> TrainResult:
     """Trains `model` for `train_steps` steps (resuming from MODEL_DIR if it has
     checkpoints), logging every `log_every`, evaluating every `eval_every` (0: off)
-    and checkpointing per `checkpoint_cfg`.
+    and checkpointing per `checkpoint_cfg`; `profile_steps=(a, b)` traces steps
+    a+1..b with jax.profiler into MODEL_DIR/profile.
 
     Multi-host: call `partitioning.initialize_distributed()` before this (as `main`
     does), since gin builds the Partitioner, which lists the devices, on the call.
@@ -290,6 +292,9 @@ def train(*, model: Any = gin.REQUIRED,
     if eval_step is not None:
         hooks.add(eval_hook, every=eval_every, name="eval")
     hooks.add(checkpoint_hook, every=checkpoint_cfg.save_every, name="checkpoint")
+    if profile_steps is not None:
+        hooks.add(_profile_hook(profile_steps, pathlib.Path(model_dir) / "profile"),
+                  every=1, name="profile")
 
     preempted = False
     first_step = step
@@ -329,6 +334,22 @@ def train(*, model: Any = gin.REQUIRED,
         writers.close()
         bar.close()
     return TrainResult(step, preempted, last["metrics"], last["eval"], model_dir, state)
+
+
+def _profile_hook(steps: tuple[int, int], logdir: pathlib.Path) -> Callable[[StepInfo], None]:
+    """A jax.profiler trace of steps (first, last], viewable in TensorBoard/Perfetto."""
+    first, last = steps
+    if not 0 <= first < last:
+        raise ValueError(f"profile_steps={steps}: need 0 <= first < last")
+
+    def hook(info: StepInfo) -> None:
+        if info.step == first:
+            jax.profiler.start_trace(str(logdir))
+        elif info.step == last:
+            jax.block_until_ready(info.metrics)
+            jax.profiler.stop_trace()
+            log.info("profile of steps %d..%d in %s", first + 1, last, logdir)
+    return hook
 
 
 def _chain(head: Sequence[Any], tail: Iterator[Any]) -> Iterator[Any]:

@@ -63,7 +63,8 @@ def test_metrics_files_hold_every_field(tmp_path):
     args = train_testlib.cli_args(tmp_path, 6, [
         "model_config.preset = 'tiny_moe'", train_testlib.overrides_binding(num_layers=2),
         "train.log_every = 2", "train.eval_every = 3",
-        "train.eval_steps = 2", "CheckpointConfig.save_every = 3"])
+        "train.eval_steps = 2", "CheckpointConfig.save_every = 3",
+        "train.profile_steps = (4, 5)"])
     result = _train_in_process(args)
     assert result.step == 6 and not result.preempted
     rows = read_jsonl(tmp_path / "metrics.jsonl", "train")
@@ -82,6 +83,7 @@ def test_metrics_files_hold_every_field(tmp_path):
     config = (tmp_path / "config.gin").read_text()
     assert "train.train_steps = %TRAIN_STEPS" in config and "TRAIN_STEPS = 6" in config
     assert (tmp_path / "operative_config.gin").exists()
+    assert list((tmp_path / "profile").rglob("*.xplane.pb"))
 
     from tensorboard.backend.event_processing import event_accumulator
     acc = event_accumulator.EventAccumulator(str(tmp_path / "tensorboard" / "train"))
