@@ -213,10 +213,14 @@ def read_nextqa(path: str, opts: ReaderOptions) -> Iterator[dict]:
                          {"text": f"({letter}) {options[answer]}", "answer": True}]}
 
 
+def is_jsonl(path: str) -> bool:
+    return path.lower().endswith((".jsonl", ".json"))
+
+
 def read_text_file(path: str, opts: ReaderOptions) -> Iterator[dict]:
     """Plain text: the whole file is one document; .jsonl/.json: one per line."""
     del opts
-    if path.lower().endswith((".jsonl", ".json")):
+    if is_jsonl(path):
         for line in media_io.read_text(path).splitlines():
             doc = parse_line("text_jsonl", path, line)
             if doc is not None:

@@ -51,15 +51,26 @@ class ReadMultimodalDocuments(beam.PTransform):
         self._files = sorted({f for pattern in inputs for f in mm_readers.expand_input(kind, pattern)})
 
     def expand(self, pipeline):
-        files = pipeline | "Files" >> beam.Create(self._files)
         kind = self._kind
-        if kind in mm_readers.LINE_PARSERS:
-            docs = (files
-                    | "Lines" >> beam.io.ReadAllFromText(with_filename=True, coder=beam.coders.BytesCoder())
-                    | "Parse" >> beam.Map(lambda fl: mm_readers.parse_line(kind, fl[0], fl[1]))
-                    | "DropBlank" >> beam.Filter(lambda d: d is not None))
-        else:
-            docs = files | "ReadFiles" >> beam.FlatMap(mm_readers.read_file_or_error, kind, self._opts)
+        # JSONL inputs are read line by line (split across workers); other files whole.
+        line_kind = kind if kind in mm_readers.LINE_PARSERS else ("text_jsonl" if kind == "text" else None)
+        by_line = [f for f in self._files if line_kind and (kind != "text" or mm_readers.is_jsonl(f))]
+        whole = [f for f in self._files if f not in by_line]
+        parts = []
+        if by_line:
+            parts.append(
+                pipeline
+                | "LineFiles" >> beam.Create(by_line)
+                | "Lines" >> beam.io.ReadAllFromText(with_filename=True, coder=beam.coders.BytesCoder())
+                | "Parse" >> beam.Map(lambda fl: mm_readers.parse_line(line_kind, fl[0], fl[1]))
+                | "DropBlank" >> beam.Filter(lambda d: d is not None)
+                | "SetSource" >> beam.Map(lambda d: {**d, "source": kind}))
+        if whole:
+            parts.append(
+                pipeline
+                | "WholeFiles" >> beam.Create(whole)
+                | "ReadFiles" >> beam.FlatMap(mm_readers.read_file_or_error, kind, self._opts))
+        docs = parts[0] if len(parts) == 1 else tuple(parts) | "Both" >> beam.Flatten()
         return docs | "Reshuffle" >> beam.Reshuffle()
 
 

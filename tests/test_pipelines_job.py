@@ -96,7 +96,10 @@ def _broken_corpus(d) -> dict:
         w.writerow(["good", 1, 1, 1, "what", 1, 0, "CW", "a", "b", "c", "d", "e"])
         w.writerow(["truncated", 1, 1, 1, "what", 1, 1, "CW", "a", "b", "c", "d", "e"])
         w.writerow(["good", 1, 1, 1, "what", "seven", 2, "CW", "a", "b", "c", "d", "e"])
+    (d / "notes.jsonl").write_text('{"id": "n1", "text": "hello"}\n{"text": "world"}\nnot json\n')
+    (d / "book.txt").write_text("A whole file is one document.\n")
     return {"docs": [
+        ("text", [str(d / "notes.jsonl"), str(d / "book.txt")], "tapestry_mm_text", SMALL, {}),
         ("interleaved", [str(d / "docs.jsonl")], "tapestry_mm_interleaved", SMALL, {}),
         ("captions", [str(d / "captions.jsonl")], "tapestry_mm_captions",
          MediaConfig(image_size=32, image_patch_size=8, max_image_pixels=100_000), {}),
@@ -117,6 +120,8 @@ def test_broken_inputs_of_every_kind(tmp_path):
         assert s["balanced"] and s["documents_in"] == s["examples_out"] + s["dead_lettered"], (task, s)
         letters = dead_letters(cache, task)
         assert all(l["reason"] in REASONS and l["id"] and l["detail"] for l in letters)
+    text = summaries["tapestry_mm_text"]
+    assert (text["documents_in"], text["examples_out"], text["dead_letter_reasons"]) == (4, 3, {"bad_record": 1})
     mm = summaries["tapestry_mm_interleaved"]
     assert (mm["documents_in"], mm["examples_out"]) == (18, 2)
     by_id = {l["id"]: l["reason"] for l in dead_letters(cache, "tapestry_mm_interleaved")}
