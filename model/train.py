@@ -301,7 +301,12 @@ def train(*, model: Any = gin.REQUIRED,
     pending: tuple[int, Any] | None = None
     try:
         while step < train_steps:
-            host_batch = next(batches)
+            try:
+                host_batch = next(batches)
+            except StopIteration:
+                log.warning("training data ran out after %d steps; saving and stopping", step)
+                ckpt.save(step, state, _data_position(step, train_dataset_cfg))
+                break
             window["nonpad"] += int(np.count_nonzero(host_batch["decoder_segment_ids"]))
             t0 = time.perf_counter()
             state, metrics = train_step(state, partitioner.shard_batch(host_batch))

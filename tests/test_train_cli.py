@@ -105,3 +105,11 @@ def test_nan_loss_stops_with_the_step(tmp_path):
     losses = read_jsonl(tmp_path / "metrics.jsonl", "train")
     assert all(json.dumps(r["loss"]) not in ('"nan"', '"inf"') for r in losses)
     assert len(saved) < 20
+
+
+def test_running_out_of_data_saves_and_stops(tmp_path):
+    args = train_testlib.cli_args(tmp_path, 8, ["synthetic_dataset_fn.num_batches = 3",
+                                                "CheckpointConfig.save_every = 100"])
+    result = _train_in_process(args)
+    assert result.step == 3
+    assert sorted(p.name for p in (tmp_path / "checkpoints").iterdir()) == ["3"]
