@@ -31,6 +31,7 @@ class MediaConfig:
     max_video_frames: int = 16
     video_frame_size: int = 112
     video_patch_size: int = 16
+    video_sampling: str = "spread"  # longer than max_video_frames / fps: "spread" frames over it, or "truncate"
     keep_video_audio: bool = False  # keep the audio track as an audio item right after the video
     # Files and documents.
     max_file_bytes: int = 512 * 1024 * 1024
@@ -46,6 +47,8 @@ class MediaConfig:
         for name in ("window_ms", "hop_ms", "max_audio_seconds", "video_fps"):
             if getattr(self, name) <= 0:
                 raise ValueError(f"MediaConfig.{name} must be positive, got {getattr(self, name)}")
+        if self.video_sampling not in ("spread", "truncate"):
+            raise ValueError(f"MediaConfig.video_sampling must be 'spread' or 'truncate', got {self.video_sampling!r}")
         if not 0 <= self.pad_value <= 255:
             raise ValueError(f"MediaConfig.pad_value must be in 0..255, got {self.pad_value}")
         if self.hop_length > self.win_length:

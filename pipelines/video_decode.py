@@ -2,8 +2,11 @@
 
 PyAV decodes the first video stream in order; a frame is kept when its
 presentation time reaches the next sampling instant 0, 1/fps, 2/fps, ...
-(default 1 fps, as Gemini does), up to `max_video_frames` frames (so at most
-max_video_frames / fps seconds of a long video are seen). Each kept frame is
+(default 1 fps, as Gemini does), up to `max_video_frames` frames. A video longer
+than max_video_frames / fps is, with `video_sampling="spread"` (default), sampled
+at max_video_frames instants spread evenly over its whole duration (a lower rate,
+so a question about its end still sees the end); with "truncate" only its first
+max_video_frames / fps seconds are seen. Each kept frame is
 normalised exactly like an image (aspect-preserving resize, letterbox pad) to
 `video_frame_size`. With `keep_video_audio`, the first audio track over the same
 span becomes log-mel segments (see audio_decode); a video without audio simply
@@ -47,10 +50,13 @@ def sample_frames(data: bytes, cfg: MediaConfig, what: str = "video") -> tuple[n
             if not container.streams.video:
                 raise BadInput("unsupported", f"{what}: no video stream")
             stream = container.streams.video[0]
-            if stream.duration is not None and stream.time_base is not None:
-                if float(stream.duration * stream.time_base) > cfg.max_media_seconds:
-                    raise BadInput("oversize", f"{what}: longer than {cfg.max_media_seconds:.0f} s")
+            duration = _duration(container, stream)
+            if duration is not None and duration > cfg.max_media_seconds:
+                raise BadInput("oversize", f"{what}: {duration:.0f} s > max_media_seconds {cfg.max_media_seconds:.0f}")
             rate = float(stream.average_rate or stream.guessed_rate or 25)
+            if (cfg.video_sampling == "spread" and duration
+                    and duration * cfg.video_fps > cfg.max_video_frames):
+                step = duration / cfg.max_video_frames
             start = None
             for i, frame in enumerate(container.decode(stream)):
                 t = frame.time if frame.time is not None else i / rate
@@ -75,6 +81,15 @@ def sample_frames(data: bytes, cfg: MediaConfig, what: str = "video") -> tuple[n
     if not frames:
         raise BadInput("empty", f"{what}: no decodable frames")
     return np.stack(frames), len(frames) * step
+
+
+def _duration(container, stream) -> float | None:
+    """Seconds, from the stream header or else the container's; None when neither says."""
+    if stream.duration is not None and stream.time_base is not None:
+        return float(stream.duration * stream.time_base)
+    if container.duration is not None:
+        return container.duration / 1_000_000  # AV_TIME_BASE
+    return None
 
 
 def decode_video(data: bytes, cfg: MediaConfig, what: str = "video") -> DecodedVideo:

@@ -159,8 +159,13 @@ def test_video_sampled_at_fps_and_capped():
     assert frames.shape == (3, 16, 16, 3) and seconds == 3.0
     # One frame per second: gray levels 0, 10, 20 (letterbox rows are pad 0).
     assert [int(round(float(f[8, 8].mean()))) for f in frames] == pytest.approx([0, 10, 20], abs=3)
-    frames, _ = video_decode.sample_frames(make_video(6.0), cfg)
-    assert frames.shape[0] == 4
+    # 6 s at most 4 frames: spread over the whole video (t = 0, 1.5, 3, 4.5 s) or its first 4 s.
+    frames, seconds = video_decode.sample_frames(make_video(6.0), cfg)
+    assert frames.shape[0] == 4 and seconds == pytest.approx(6.0, abs=0.2)
+    assert [int(round(float(f[8, 8].mean()))) for f in frames] == pytest.approx([0, 10, 30, 40], abs=3)
+    truncate = MediaConfig(video_frame_size=16, video_patch_size=8, max_video_frames=4, video_sampling="truncate")
+    frames, seconds = video_decode.sample_frames(make_video(6.0), truncate)
+    assert seconds == 4.0 and [int(round(float(f[8, 8].mean()))) for f in frames] == pytest.approx([0, 10, 20, 30], abs=3)
 
 
 def test_video_audio_track_kept_when_asked():
@@ -173,6 +178,9 @@ def test_video_audio_track_kept_when_asked():
 
 def test_bad_video_reasons():
     data = make_video(3.0)
+    with pytest.raises(BadInput) as e:
+        video_decode.sample_frames(data, MediaConfig(video_frame_size=16, video_patch_size=8, max_media_seconds=1.0))
+    assert e.value.reason == "oversize"
     with pytest.raises(BadInput) as e:
         video_decode.sample_frames(b"\x00\x00\x00\x18ftypmp42" + b"\x17" * 500, CFG)
     assert e.value.reason in ("corrupt", "truncated", "empty")
