@@ -113,3 +113,44 @@ def test_eval_cli_restores_a_trained_checkpoint(tmp_path):
          f"--gin.EVAL_OUTPUT_DIR={out}", "--gin.EVAL_OUTPUT_DIRR=x"],
         cwd=REPO, env=env, capture_output=True, text=True, timeout=60)
     assert bad.returncode == 2 and "EVAL_OUTPUT_DIRR" in bad.stderr
+
+
+@pytest.mark.parametrize("extra,checks", [
+    ([], {"evaluate.batch_size": 2}),
+    (["gin/runs/eval_mmlu.gin"], {}),
+    (["gin/runs/eval_long_context.gin", "--gin.BOOKS=['b.txt']"],
+     {"niah/GenerationSuite.metric": "contains"}),
+])
+def test_eval_gin_files_parse(extra, checks):
+    import gin
+
+    from model import gin_flags
+    files = [f"--gin_file={e}" for e in extra if e.endswith(".gin")]
+    flags = [e for e in extra if not e.endswith(".gin")]
+    try:
+        gin.clear_config()
+        gin_flags.parse_gin_flags(
+            ["--gin_file=gin/models/tiny.gin", "--gin_file=gin/runs/eval.gin", *files,
+             "--gin.CHECKPOINT_PATH=None", "--gin.EVAL_OUTPUT_DIR=/tmp/x", *flags],
+            "test", finalize=False)
+        for key, value in checks.items():
+            assert gin.query_parameter(key) == value
+    finally:
+        gin.clear_config()
+
+
+def test_multimodal_eval_gin_parses_with_the_demo_experiment():
+    import gin
+
+    from model import gin_flags
+    try:
+        gin.clear_config()
+        gin_flags.parse_gin_flags(
+            ["--gin_file=gin/experiments/demo.gin", "--gin_file=gin/runs/eval.gin",
+             "--gin_file=gin/runs/eval_multimodal.gin", "--gin.CHECKPOINT_PATH=None",
+             "--gin.EVAL_OUTPUT_DIR=/tmp/x", "--gin.CACHE_DIR=/tmp/c"], "test", finalize=False)
+        assert gin.query_parameter("captions/GenerationSuite.metric") == "slots"
+        assert gin.query_parameter("speech/eval_inputs.multimodal_prompts.task_name") == \
+            "tapestry_mm_speech_manifest"
+    finally:
+        gin.clear_config()
