@@ -101,6 +101,7 @@ class Transformer(nn.Module):
             for modality, (slots, valid) in encoded.items():
                 x = merge_media(x, tokens, modality, slots, valid)
         x = constrain(x, ("batch", "length", "embed"))
+        self.sow("intermediates", "decoder_inputs", x)  # embeddings after the media merge
         sin, cos = rope_tables(positions, cfg.head_dim, cfg.rope_base)
 
         block_cls = DecoderBlock
