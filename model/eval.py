@@ -74,22 +74,25 @@ def make_candidate_fn(model: Any, params: Any) -> scoring.CandidateFn:
 
 def prompt_batch(prompts: Sequence[tuple[Sequence[int], dict[str, np.ndarray] | None]]
                  ) -> dict[str, np.ndarray]:
-    """Model-contract batch of right-padded prompts (targets = prompt tokens) + media rows."""
-    length = max(len(p) for p, _ in prompts)
-    rows = [([0] + list(p[:-1]), list(p), 0) for p, _ in prompts]
-    return scoring.build_batch(rows, length, len(prompts), [f for _, f in prompts])
+    """Decoding batch: `decoder_input_tokens` [B, P] = start token 0 + prompt, right-padded
+    (the model reads the whole prompt and continues after its last token), with
+    `prompt_lengths` and segment ids/positions, plus each row's media arrays."""
+    rows = [([0] + list(p), [0] + list(p), 0) for p, _ in prompts]
+    length = max(len(r[0]) for r in rows)
+    batch = scoring.build_batch(rows, length, len(prompts), [f for _, f in prompts])
+    batch["prompt_lengths"] = np.array([len(r[0]) for r in rows], np.int32)
+    return batch
 
 
-def make_generate_fn(model: Any, params: Any, seed: int = 0) -> Callable[..., list[list[int]]]:
+def make_generate_fn(model: Any, params: Any) -> Callable[..., list[list[int]]]:
     """Greedy decoding through `model.decoding.generate` (KV cache; prefill + step):
     ([(prompt ids, media features)], max_new_tokens) -> new token ids per prompt."""
     if decoding is None:
         raise ImportError("decoding suites need model/decoding.py (generate), not in this tree")
 
     def generate(prompts, max_new_tokens: int) -> list[list[int]]:
-        batch = prompt_batch(prompts)
-        out = decoding.generate(model, params, batch, max_new_tokens, temperature=0.0,
-                                top_k=None, top_p=None, rng=jax.random.PRNGKey(seed))
+        out = decoding.generate(model, params, prompt_batch(prompts), max_new_tokens,
+                                temperature=0.0)
         return [list(map(int, row)) for row in np.asarray(out)]
 
     return generate

@@ -154,3 +154,18 @@ def test_multimodal_eval_gin_parses_with_the_demo_experiment():
             "tapestry_mm_speech_manifest"
     finally:
         gin.clear_config()
+
+
+def test_greedy_generation_continues_after_the_whole_prompt(tiny):
+    pytest.importorskip("model.decoding")
+    model, params = tiny
+    prompts = [([40, 41, 42, 43, 44], None), ([50, 51], None)]
+    outs = eval_lib.make_generate_fn(model, params)(prompts, 3)
+    assert [len(o) for o in outs] == [3, 3]
+    for (p, _), out in zip(prompts, outs):
+        n = len(p) + 1
+        batch = {"decoder_input_tokens": np.array([[0] + p]),
+                 "decoder_segment_ids": np.ones((1, n), np.int32),
+                 "decoder_positions": np.arange(n)[None]}
+        logits, _ = model.logits(params, batch)
+        assert out[0] == int(np.argmax(logits[0, -1]))  # next token after the last prompt token
