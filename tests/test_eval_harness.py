@@ -187,3 +187,11 @@ def test_training_curves_section_flags_starved_experts(tmp_path):
     assert {f.name for f in section.figures} == {
         "training_loss", "training_aux_loss", "training_moe_layer_0_usage"}
     assert section.tables[0].rows[0][2] == "yes"
+
+
+def test_resuming_with_other_inputs_is_refused(tmp_path):
+    suites.MMLUSuite(inputs_fn=_mmlu_records).run(_ctx(tmp_path))
+    changed = _mmlu_records()
+    changed[0]["context_ids"] = [99]
+    with pytest.raises(ValueError, match="other inputs or settings"):
+        suites.MMLUSuite(inputs_fn=lambda: changed).run(_ctx(tmp_path))

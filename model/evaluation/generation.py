@@ -77,7 +77,9 @@ class GenerationSuite:
         records = self.inputs_fn()
         if not records:
             raise ValueError(f"{self.name}: inputs_fn returned no records")
-        log = report.SampleLog(ctx.out_dir, self.name)
+        log = report.SampleLog(ctx.out_dir, self.name, report.fingerprint(
+            "generation", self.metric, self.max_new_tokens,
+            [(r["sample_id"], r["prompt_ids"], r["answer"]) for r in records]))
         todo = sorted((r for r in records if r["sample_id"] not in log.done),
                       key=lambda r: -len(r["prompt_ids"]))
         batches = [todo[i:i + self.batch_size] for i in range(0, len(todo), self.batch_size)]

@@ -32,6 +32,14 @@ def sha256_text(value: Any) -> str:
     return hashlib.sha256(text.encode("utf-8")).hexdigest()
 
 
+def fingerprint(*parts: Any) -> str:
+    """SHA-256 of JSON-serialisable parts (suite settings, per-sample inputs)."""
+    h = hashlib.sha256()
+    for part in parts:
+        h.update(json.dumps(part, sort_keys=True, default=_json_default).encode("utf-8"))
+    return h.hexdigest()
+
+
 def sample_hashes(doc: Any, prompt: str, target: str) -> dict[str, str]:
     """lm-eval-style `doc_hash`, `prompt_hash`, `target_hash`."""
     return {"doc_hash": sha256_text(doc), "prompt_hash": sha256_text(prompt),
@@ -41,13 +49,24 @@ def sample_hashes(doc: Any, prompt: str, target: str) -> dict[str, str]:
 class SampleLog:
     """Append-only `samples_<task>.jsonl`; `done` maps sample id -> record already written.
 
-    A torn last line (the process died mid-write) is dropped on open.
+    A torn last line (the process died mid-write) is dropped on open. With a
+    `fingerprint` (see `fingerprint`), reopening for different inputs/settings raises.
     """
 
-    def __init__(self, out_dir: str | os.PathLike, task: str):
+    def __init__(self, out_dir: str | os.PathLike, task: str, fingerprint: str | None = None):
         pathlib.Path(out_dir).mkdir(parents=True, exist_ok=True)
         self.path = pathlib.Path(out_dir) / f"samples_{task}.jsonl"
         self.done: dict[str, dict[str, Any]] = {}
+        if fingerprint is not None:
+            # What the samples were computed from (inputs + settings): resuming on
+            # different inputs or settings would mix two evaluations, so refuse.
+            fp_path = self.path.with_suffix(".fingerprint")
+            if self.path.exists() and fp_path.exists() and fp_path.read_text() != fingerprint:
+                raise ValueError(
+                    f"{self.path} was written for other inputs or settings than this run's "
+                    f"(fingerprint {fp_path.read_text()[:12]} != {fingerprint[:12]}); use a new "
+                    "output dir, or delete the samples file to recompute them")
+            fp_path.write_text(fingerprint)
         if self.path.exists():
             good = []
             for line in self.path.read_text(encoding="utf-8").splitlines():

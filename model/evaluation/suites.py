@@ -69,7 +69,9 @@ class MMLUSuite:
         records = self.inputs_fn()
         if not records:
             raise ValueError(f"{self.name}: inputs_fn returned no records")
-        log = report.SampleLog(ctx.out_dir, self.name)
+        log = report.SampleLog(ctx.out_dir, self.name, report.fingerprint(
+            "mmlu", ctx.scorer.max_length,
+            [(r["sample_id"], r["context_ids"], r["continuation_ids"]) for r in records]))
         todo = [r for r in records if r["sample_id"] not in log.done]
         requests, owner = [], []
         for qi, r in enumerate(todo):
@@ -162,7 +164,9 @@ class TextLMSuite:
         docs = [d for d in self.inputs_fn() if d["token_ids"]]
         if not docs:
             raise ValueError(f"{self.name}: inputs_fn returned no non-empty documents")
-        log = report.SampleLog(ctx.out_dir, self.name)
+        log = report.SampleLog(ctx.out_dir, self.name, report.fingerprint(
+            "text_lm", ctx.scorer.max_length, self.context, self.position_curve,
+            [(d["sample_id"], d["token_ids"]) for d in docs]))
         todo = [d for d in docs if d["sample_id"] not in log.done]
         requests, owner = [], []
         for di, d in enumerate(todo):
