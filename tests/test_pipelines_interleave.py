@@ -4,7 +4,6 @@ import os
 
 import numpy as np
 import pytest
-import sentencepiece as spm
 from PIL import Image
 
 from pipelines import interleave, media_io, mm_readers, special_tokens

@@ -10,7 +10,6 @@ import shutil
 import numpy as np
 import pytest
 import sentencepiece as spm
-import seqio
 from PIL import Image
 
 import apache_beam as beam
