@@ -242,10 +242,12 @@ PRESETS: dict[str, TransformerConfig] = {
     # Seconds per step on 2 CPU cores; text + all three modalities.
     "tiny": TransformerConfig(
         vocab_size=8192, d_model=128, num_layers=2, num_heads=4, num_kv_heads=2, head_dim=32,
-        d_ff=512, max_len=256, **_TINY_MEDIA),
+        d_ff=512, max_len=256, attention_backend="blockwise", block_q=128, block_kv=128,
+        **_TINY_MEDIA),
     "tiny_moe": TransformerConfig(
         vocab_size=8192, d_model=128, num_layers=2, num_heads=4, num_kv_heads=2, head_dim=32,
-        d_ff=512, max_len=256, moe=MoEConfig(num_experts=4, top_k=2, expert_hidden=256),
+        d_ff=512, max_len=256, attention_backend="blockwise", block_q=128, block_kv=128,
+        moe=MoEConfig(num_experts=4, top_k=2, expert_hidden=256),
         layer_pattern="dm", **_TINY_MEDIA),
     "small": TransformerConfig(
         vocab_size=8192, d_model=512, num_layers=8, num_heads=8, num_kv_heads=4, head_dim=64,
@@ -254,8 +256,8 @@ PRESETS: dict[str, TransformerConfig] = {
         image=VisionEncoderConfig(image_size=224, patch_size=16, width=384, depth=4,
                                   num_heads=6, mlp_dim=1536),
         video=VisionEncoderConfig(image_size=112, patch_size=16, width=384, depth=4,
-                                  num_heads=6, mlp_dim=1536, num_frames=8),
-        audio=AudioEncoderConfig(num_mels=80, max_frames=3000, conv_channels=128, width=384,
+                                  num_heads=6, mlp_dim=1536, num_frames=16),
+        audio=AudioEncoderConfig(num_mels=80, max_frames=3001, conv_channels=128, width=384,
                                  depth=4, num_heads=6, mlp_dim=1536)),
     "base": TransformerConfig(
         vocab_size=32768, d_model=1024, num_layers=16, num_heads=16, num_kv_heads=4,
