@@ -220,8 +220,6 @@ def multimodal_prompts(task_name: str = gin.REQUIRED, split: str = "validation",
     holds the options parsed from the prompt text ("(a) ... (b) ...") and the label
     parsed from the answer ("(b) ..."), by the same rules as the scorer.
     """
-    import re
-
     import seqio
 
     from tasks import multimodal, packing
@@ -248,15 +246,29 @@ def multimodal_prompts(task_name: str = gin.REQUIRED, split: str = "validation",
         features = {k: batches[0][k][0] for k in _MEDIA_KEYS if k in batches[0]}
         answer = ex["answer"].decode("utf-8")
         text = decode([t for t in prompt if t >= 19])  # text pieces only (no media ids)
-        options = re.findall(r"\(([a-z])\) (.*?)(?= \([a-z]\) |\n|$)", text)
         meta = {"source": ex["source"].decode("utf-8")}
+        options, label = parse_choices(text, answer)
         if options:
-            meta["options"] = [o for _, o in options][:num_choices]
-            m = re.match(r"\s*\(([a-z])\)", answer)
-            meta["label"] = "abcdefghijklmnopqrstuvwxyz".index(m.group(1)) if m else -1
+            meta["options"], meta["label"] = options[:num_choices], label
         out.append({"sample_id": ex["source_id"].decode("utf-8"), "prompt_ids": prompt,
                     "features": features, "answer": answer, "prompt_text": text, "meta": meta})
     return out
+
+
+def parse_choices(prompt_text: str, answer: str) -> tuple[list[str], int]:
+    """Options and answer index of a multiple-choice prompt in the format of
+    `pipelines.mm_readers.read_nextqa`: "...options: (a) x (b) y ...\nanswer:" with the
+    answer "(b) y". Returns ([], -1) when the prompt lists no options."""
+    import re
+
+    line = next((l for l in prompt_text.split("\n") if l.startswith("options: ")), "")
+    parts = re.split(r"(?:^options: | )\(([a-z])\) ", line)
+    letters, options = parts[1::2], parts[2::2]
+    if not options or letters != [chr(ord("a") + i) for i in range(len(letters))]:
+        return [], -1
+    m = re.match(r"\s*\(([a-z])\)", answer)
+    label = letters.index(m.group(1)) if m and m.group(1) in letters else -1
+    return options, label
 
 
 @gin.configurable(module="eval_inputs")
