@@ -109,6 +109,12 @@ def test_audio_any_format_rate_channels(fmt, subtype):
     assert np.isfinite(mel.astype(np.float32)).all()
 
 
+def test_audio_from_a_container_libsndfile_refuses():
+    """AAC in MP4 is not a libsndfile format: PyAV decodes it instead."""
+    wave = audio_decode.decode_waveform(make_video(2.0, audio=True), CFG)
+    assert abs(wave.shape[0] - 32000) < 2048 and np.abs(wave).max() > 0.1
+
+
 def test_long_audio_split_into_segments():
     wave = np.random.default_rng(0).normal(size=int(2.5 * 16000)).astype(np.float32) * 0.1
     segments = audio_decode.decode_audio(_wav(wave, 16000), CFG)
