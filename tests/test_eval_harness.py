@@ -195,3 +195,11 @@ def test_resuming_with_other_inputs_is_refused(tmp_path):
     changed[0]["context_ids"] = [99]
     with pytest.raises(ValueError, match="other inputs or settings"):
         suites.MMLUSuite(inputs_fn=lambda: changed).run(_ctx(tmp_path))
+
+
+def test_model_eval_imports_no_data_side_modules():
+    import subprocess
+    import sys
+    code = ("import sys, model.eval; bad = [m for m in ('tensorflow', 'apache_beam', 'seqio', "
+            "'tasks') if m in sys.modules]; assert not bad, bad")
+    subprocess.run([sys.executable, "-c", code], check=True, timeout=120)
