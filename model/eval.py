@@ -115,7 +115,7 @@ def evaluate(*, model: Any = gin.REQUIRED, suites: Sequence[Any] = gin.REQUIRED,
              buckets: Sequence[int] | None = None, init_seed: int = 0,
              title: str = "Tapestry evaluation", progress: bool = True,
              extra_sections: Sequence[SectionsFn] = (),
-             shared_context: bool = True,
+             shared_context: bool = True, skip_missing_data: bool = False,
              detokenizer: Callable[[Sequence[int]], str] | None = None,
              score_fn: scoring.ScoreFn | None = None,
              params: Any = None) -> dict[str, Any]:
@@ -125,7 +125,9 @@ def evaluate(*, model: Any = gin.REQUIRED, suites: Sequence[Any] = gin.REQUIRED,
     report (e.g. training curves). `detokenizer` (ids -> text) is needed by decoding
     suites (`GenerationSuite`). `shared_context`: multiple-choice suites score all
     choices of a question from one row (`SharedContextScorer`) instead of one row per
-    choice. `score_fn` replaces the model scorer (tests).
+    choice. `skip_missing_data`: a suite whose inputs are absent (FileNotFoundError,
+    e.g. no MMLU data dir) is reported as skipped instead of failing the run.
+    `score_fn` replaces the model scorer (tests).
     """
     out = pathlib.Path(output_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -158,7 +160,17 @@ def evaluate(*, model: Any = gin.REQUIRED, suites: Sequence[Any] = gin.REQUIRED,
     sections: list[report.Section] = []
     for suite in suites:
         t0 = time.perf_counter()
-        res = suite.run(ctx)
+        try:
+            res = suite.run(ctx)
+        except FileNotFoundError as e:
+            if not skip_missing_data:
+                raise
+            name = getattr(suite, "name", type(suite).__name__)
+            log.warning("%s skipped: %s", name, e)
+            results["tasks"][name] = {"skipped": str(e)}
+            report.save_results(out, results)
+            sections.append(report.Section(f"{name} (skipped)", [f"Not run: {e}"]))
+            continue
         log.info("%s done in %.1fs: %s", res.name, time.perf_counter() - t0,
                  {k: v for k, v in res.metrics.items() if isinstance(v, (int, float))})
         prev = results["tasks"].get(res.name, {})

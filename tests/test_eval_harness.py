@@ -203,3 +203,21 @@ def test_model_eval_imports_no_data_side_modules():
     code = ("import sys, model.eval; bad = [m for m in ('tensorflow', 'apache_beam', 'seqio', "
             "'tasks') if m in sys.modules]; assert not bad, bad")
     subprocess.run([sys.executable, "-c", code], check=True, timeout=120)
+
+
+def test_missing_data_skips_the_suite_when_asked(tmp_path):
+    from model import eval as eval_lib
+
+    def missing():
+        raise FileNotFoundError("no MMLU test files under /nowhere")
+
+    kwargs = dict(model=None, checkpoint_path=None, output_dir=str(tmp_path), max_length=16,
+                  batch_size=2, progress=False, score_fn=token_stub, shared_context=False,
+                  suites=[suites.MMLUSuite(inputs_fn=missing),
+                          suites.MMLUSuite(inputs_fn=_mmlu_records, name="mmlu_small")])
+    with pytest.raises(FileNotFoundError):
+        eval_lib.evaluate(**kwargs)
+    results = eval_lib.evaluate(skip_missing_data=True, **kwargs)
+    assert results["tasks"]["mmlu"] == {"skipped": "no MMLU test files under /nowhere"}
+    assert results["tasks"]["mmlu_small"]["metrics"]["overall"]["n"] == 3
+    assert "mmlu (skipped)" in (tmp_path / "report.md").read_text()
