@@ -186,6 +186,7 @@ class TransformerConfig:
     block_q: int = 512  # blockwise attention tile sizes
     block_kv: int = 512
     remat: str = "none"
+    loss_chunk: int = 0  # > 0: output layer + loss in token chunks, recomputed (long context)
     max_len: int = 512  # default sequence length (FLOPs/token and decoding caches)
     moe: MoEConfig | None = None
     layer_pattern: str = "d"
@@ -206,6 +207,8 @@ class TransformerConfig:
         _check_choice(name, "remat", self.remat, REMAT_POLICIES)
         _check_choice(name, "dtype", self.dtype, DTYPES)
         _check_choice(name, "param_dtype", self.param_dtype, DTYPES)
+        if self.loss_chunk < 0:
+            _fail(name, "loss_chunk", self.loss_chunk, "must be >= 0 (0 = no chunking)")
         if not self.layer_pattern or set(self.layer_pattern) - {"d", "m"}:
             _fail(name, "layer_pattern", self.layer_pattern,
                   "use a non-empty string of 'd' (dense) and 'm' (MoE), e.g. 'm' or 'dm'")

@@ -41,3 +41,30 @@ def _bwd(res, g):
 
 
 softmax_cross_entropy_parts.defvjp(_fwd, _bwd)
+
+
+def chunked_cross_entropy_parts(hidden: jax.Array, kernel: jax.Array, targets: jax.Array,
+                                chunk: int, *, vocab_major: bool = False
+                                ) -> tuple[jax.Array, jax.Array, jax.Array]:
+    """Like softmax_cross_entropy_parts(hidden @ kernel, targets), never holding all logits.
+
+    hidden [B, T, D], kernel [D, V] ([V, D] if vocab_major, i.e. tied embeddings),
+    targets [B, T]. Tokens are processed `chunk` at a time under jax.checkpoint, so
+    the backward pass recomputes each chunk's logits: memory O(chunk * V) instead
+    of O(B * T * V), for one extra output-layer matmul.
+    """
+    b, t, d = hidden.shape
+    n = b * t
+    pad = (-n) % chunk
+    h = jnp.pad(hidden.reshape(n, d), ((0, pad), (0, 0))).reshape(-1, chunk, d)
+    tg = jnp.pad(targets.reshape(n), (0, pad)).reshape(-1, chunk)
+    spec = "CD,VD->CV" if vocab_major else "CD,DV->CV"
+
+    @jax.checkpoint
+    def body(carry, xs):
+        hc, tc = xs
+        logits = jnp.einsum(spec, hc, kernel.astype(hc.dtype)).astype(jnp.float32)
+        return carry, softmax_cross_entropy_parts(logits, tc)
+
+    _, parts = jax.lax.scan(body, None, (h, tg))
+    return tuple(x.reshape(-1)[:n].reshape(b, t) for x in parts)

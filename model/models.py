@@ -19,6 +19,7 @@ from __future__ import annotations
 
 from typing import Any, Mapping
 
+import flax.linen as nn
 import gin
 import jax
 import jax.numpy as jnp
@@ -26,7 +27,7 @@ import jax.numpy as jnp
 from model import flops as flops_lib
 from model.config import PLACEHOLDER_IDS, TransformerConfig
 from model.encoders import MEDIA_KEYS
-from model.losses import softmax_cross_entropy_parts
+from model.losses import chunked_cross_entropy_parts, softmax_cross_entropy_parts
 from model.transformer import Transformer
 
 Batch = Mapping[str, Any]
@@ -133,15 +134,29 @@ class DecoderOnlyModel:
         return self.module(train=train).apply({"params": params}, tokens, segments, positions,
                                               media_inputs(batch) or None)
 
+    def _ce_parts(self, params: Params, batch: Batch, train: bool):
+        """(lse, target_logit, max_logit) [B, L] and MoE metrics; chunked if configured."""
+        targets = jnp.asarray(batch["decoder_target_tokens"], jnp.int32)
+        chunk = self.config.loss_chunk
+        if not chunk:
+            logits, moe_metrics = self.logits(params, batch, train=train)
+            return softmax_cross_entropy_parts(logits, targets), moe_metrics
+        tokens, segments, positions = _text_inputs(batch)
+        hidden, moe_metrics = Transformer(self.config, train=train, return_hidden=True).apply(
+            {"params": params}, tokens, segments, positions, media_inputs(batch) or None)
+        tied = self.config.tie_embeddings
+        kernel = params["embed"]["embedding"] if tied else params["logits"]["kernel"]
+        kernel = kernel.value if isinstance(kernel, nn.Partitioned) else kernel
+        parts = chunked_cross_entropy_parts(hidden, kernel, targets, chunk, vocab_major=tied)
+        return parts, moe_metrics
+
     def loss_fn(self, params: Params, batch: Batch, rng: jax.Array | None = None, *,
                 train: bool = True) -> tuple[jax.Array, dict[str, jax.Array]]:
         """(loss, metrics): weighted mean CE + z-loss + MoE aux and router z losses."""
         del rng  # no dropout / router noise
         cfg = self.config
-        logits, moe_metrics = self.logits(params, batch, train=train)
-        targets = jnp.asarray(batch["decoder_target_tokens"], jnp.int32)
+        (lse, target_logit, max_logit), moe_metrics = self._ce_parts(params, batch, train)
         weights = text_loss_weights(batch)
-        lse, target_logit, max_logit = softmax_cross_entropy_parts(logits, targets)
         num_tokens = jnp.sum(weights)
         denom = jnp.maximum(num_tokens, 1.0)
         cross_entropy = jnp.sum((lse - target_logit) * weights) / denom
@@ -168,7 +183,5 @@ class DecoderOnlyModel:
 
     def score_batch(self, params: Params, batch: Batch) -> jax.Array:
         """[B, L] float32 log p(decoder_target_tokens) (eval-mode capacity; mask with weights)."""
-        logits, _ = self.logits(params, batch, train=False)
-        targets = jnp.asarray(batch["decoder_target_tokens"], jnp.int32)
-        logp = jnp.take_along_axis(logits, targets[..., None], axis=-1)[..., 0]
-        return logp - jax.nn.logsumexp(logits, axis=-1)
+        (lse, target_logit, _), _ = self._ce_parts(params, batch, train=False)
+        return target_logit - lse

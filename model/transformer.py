@@ -79,6 +79,7 @@ class Transformer(nn.Module):
     train: bool = False
     mode: str = "full"  # 'full' | 'prefill' | 'step'
     cache_len: int = 0
+    return_hidden: bool = False  # final normed hidden [B,T,D] instead of logits (chunked loss)
 
     @nn.compact
     def __call__(self, tokens: jax.Array, segment_ids: jax.Array, positions: jax.Array,
@@ -118,6 +119,8 @@ class Transformer(nn.Module):
             if metrics is not None:
                 all_metrics.append(metrics)
         x = RMSNorm(cfg.norm_eps, dtype, pdtype, name="final_norm")(x)
+        if self.return_hidden and not self.is_initializing():
+            return x, all_metrics
         if cfg.tie_embeddings:
             logits = embed.attend(x)
         else:

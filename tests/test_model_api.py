@@ -83,3 +83,21 @@ def test_gin_tiny_and_bad_override():
         model_config("tiny", {"num_layer": 3})
     with pytest.raises(ValueError, match="num_kv_heads"):
         model_config("tiny", {"num_kv_heads": 3})
+
+
+@pytest.mark.parametrize("tied", [False, True])
+def test_chunked_loss_equals_full(tied):
+    over = {"vocab_size": 300, "num_layers": 1, "tie_embeddings": tied, "image": None,
+            "video": None, "audio": None}
+    full = DecoderOnlyModel(model_config("tiny", over))
+    chunked = DecoderOnlyModel(model_config("tiny", {**over, "loss_chunk": 24}))  # 64 % 24 != 0
+    batch = text_batch(vocab=300)
+    params = full.init(jax.random.PRNGKey(0), batch)
+    (l1, m1), g1 = jax.value_and_grad(lambda p: full.loss_fn(p, batch), has_aux=True)(params)
+    (l2, m2), g2 = jax.value_and_grad(lambda p: chunked.loss_fn(p, batch), has_aux=True)(params)
+    np.testing.assert_allclose(l1, l2, rtol=1e-6)
+    np.testing.assert_allclose(m1["accuracy"], m2["accuracy"])
+    for a, b in zip(jax.tree.leaves(g1), jax.tree.leaves(g2)):
+        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6)
+    np.testing.assert_allclose(full.score_batch(params, batch),
+                               chunked.score_batch(params, batch), rtol=1e-5, atol=1e-5)

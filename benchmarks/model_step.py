@@ -1,0 +1,214 @@
+"""Model step benchmark (issue 4): MoE vs dense step time, blockwise memory, FLOP/s.
+
+    .venv/bin/python benchmarks/model_step.py            # all three parts, ~5 min on 2 cores
+    .venv/bin/python benchmarks/model_step.py --parts=step --steps=10
+    .venv/bin/python benchmarks/model_step.py --dtype=bfloat16 --presets=small  # on a GPU
+
+1. Train step (value_and_grad + AdamW(0.9, 0.95, wd 0.1) + clip 1.0, donated state,
+   jitted) on the MaxText-shape presets, global batch 8 x 512, f32: tokens/s, step
+   time, MoE/dense ratio, against MaxText 0.2.5 on this machine type (dense 2,500,
+   MoE 2,235, dropless 1,100 tokens/s). Timed as the median of --steps steps.
+2. Peak memory of one training step (forward + backward) of the maxtext_dense
+   shapes in long-context mode (blockwise attention with 512 blocks, per-layer
+   remat, output layer + loss in 2048-token chunks) at 4k, 16k and 64k tokens
+   (batch 1), from XLA's buffer assignment of the
+   compiled step (compiled.memory_analysis(): temporaries + arguments + outputs),
+   next to plain XLA attention for contrast. Nothing of that size is executed.
+3. Achieved FLOP/s of the train step (model FLOPs from model/flops.py, active
+   parameters only) against a 4096^3 matmul measured in the same run: the model
+   FLOPs utilisation relative to what this machine's matmul reaches.
+The load average is printed: other processes on a shared machine slow every number.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import sys
+import time
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+import flax.linen as nn  # noqa: E402
+import jax  # noqa: E402
+import jax.numpy as jnp  # noqa: E402
+import numpy as np  # noqa: E402
+import optax  # noqa: E402
+
+from model.config import model_config  # noqa: E402
+from model.models import DecoderOnlyModel  # noqa: E402
+
+MAXTEXT_TOKENS_PER_S = {"maxtext_dense": 2500.0, "maxtext_moe": 2235.0,
+                        "maxtext_moe_dropless": 1100.0}
+
+
+def text_batch(batch: int, length: int, vocab: int, seed: int = 0) -> dict[str, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    toks = rng.integers(20, vocab, (batch, length)).astype(np.int32)
+    return {"decoder_input_tokens": toks, "decoder_target_tokens": np.roll(toks, -1, 1),
+            "decoder_loss_weights": np.ones((batch, length), np.float32),
+            "decoder_segment_ids": np.ones((batch, length), np.int32),
+            "decoder_positions": np.tile(np.arange(length, dtype=np.int32), (batch, 1))}
+
+
+def make_train_step(model: DecoderOnlyModel):
+    opt = optax.chain(optax.clip_by_global_norm(1.0),
+                      optax.adamw(1e-3, b1=0.9, b2=0.95, weight_decay=0.1))
+
+    def step(params, opt_state, batch):
+        (loss, _), grads = jax.value_and_grad(
+            lambda p: model.loss_fn(p, batch, None, train=True), has_aux=True)(params)
+        updates, opt_state = opt.update(grads, opt_state, params)
+        return optax.apply_updates(params, updates), opt_state, loss
+
+    return opt, jax.jit(step, donate_argnums=(0, 1))
+
+
+def time_train_step(model: DecoderOnlyModel, batch: dict, steps: int) -> dict[str, float]:
+    params = nn.unbox(model.init(jax.random.PRNGKey(0), batch))
+    opt, step = make_train_step(model)
+    opt_state = opt.init(params)
+    batch = jax.device_put(batch)
+    t0 = time.perf_counter()
+    params, opt_state, loss = step(params, opt_state, batch)
+    loss.block_until_ready()
+    compile_s = time.perf_counter() - t0
+    times = []
+    for _ in range(steps):
+        t = time.perf_counter()
+        params, opt_state, loss = step(params, opt_state, batch)
+        loss.block_until_ready()
+        times.append(time.perf_counter() - t)
+    tokens = batch["decoder_input_tokens"].size
+    med = statistics.median(times)
+    return {"step_s": med, "best_step_s": min(times), "tokens_per_s": tokens / med,
+            "compile_s": compile_s, "loss": float(loss),
+            "model_flops_per_s": model.flops_per_token(batch["decoder_input_tokens"].shape[1])
+            * tokens / med}
+
+
+def matmul_flops_per_s(n: int = 4096, reps: int = 5, dtype=jnp.float32) -> float:
+    a = jnp.ones((n, n), dtype)
+    f = jax.jit(lambda x: x @ x)
+    f(a).block_until_ready()
+    times = []
+    for _ in range(reps):
+        t = time.perf_counter()
+        f(a).block_until_ready()
+        times.append(time.perf_counter() - t)
+    return 2 * n ** 3 / statistics.median(times)
+
+
+def part_step(args) -> dict:
+    out = {}
+    batch = text_batch(args.batch, args.length, 8192)
+    runs = [("maxtext_dense", {}), ("maxtext_moe", {})]
+    if args.dropless:
+        runs.append(("maxtext_moe_dropless", {"moe.dispatch": "dropless"}))
+    for label, over in runs:
+        preset = "maxtext_moe" if label.startswith("maxtext_moe") else label
+        model = DecoderOnlyModel(model_config(preset, {**over, "dtype": args.dtype}))
+        res = time_train_step(model, batch, args.steps)
+        res["vs_maxtext"] = res["tokens_per_s"] / MAXTEXT_TOKENS_PER_S[label]
+        out[label] = res
+        print(f"[step] {label:22s} {res['step_s']:.3f} s/step (best {res['best_step_s']:.3f})"
+              f"  {res['tokens_per_s']:7.0f} tok/s  = {res['vs_maxtext']:.2f}x MaxText "
+              f"({MAXTEXT_TOKENS_PER_S[label]:.0f})  compile {res['compile_s']:.1f}s", flush=True)
+    ratio = out["maxtext_moe"]["step_s"] / out["maxtext_dense"]["step_s"]
+    out["moe_over_dense_step_time"] = ratio
+    print(f"[step] MoE/dense step-time ratio {ratio:.3f} (target <= 1.15; MaxText 1.12)")
+    return out
+
+
+MEMORY_SCHEDULER_FLAG = "--xla_cpu_enable_concurrency_optimized_scheduler=false"
+
+
+def part_memory(args) -> dict:
+    """Runs the memory analysis in child processes: XLA:CPU's default scheduler favours
+    concurrency over memory, so it is shown next to the memory-minimising one."""
+    import subprocess
+    out = {}
+    for label, flag, backends in (("default scheduler", "", "blockwise,xla"),
+                                  ("memory scheduler", MEMORY_SCHEDULER_FLAG, "blockwise")):
+        env = dict(os.environ, XLA_FLAGS=(os.environ.get("XLA_FLAGS", "") + " " + flag).strip())
+        print(f"[memory] XLA:CPU {label} {flag}", flush=True)
+        res = subprocess.run([sys.executable, os.path.abspath(__file__), "--parts=_memory",
+                              f"--memory_backends={backends}",
+                              f"--memory_lengths={','.join(map(str, args.memory_lengths))}",
+                              "--json=/dev/stdout"], env=env, capture_output=True, text=True)
+        if res.returncode:
+            raise RuntimeError(res.stderr[-2000:])
+        lines = res.stdout.splitlines()
+        print("\n".join(l for l in lines if l.startswith("[memory]")), flush=True)
+        out[label] = json.loads("\n".join(lines[lines.index("{"):]))["memory"]
+    return out
+
+
+def _part_memory(args) -> dict:
+    out = {}
+    for backend in args.memory_backends.split(","):
+        for length in args.memory_lengths:
+            over = {"attention_backend": backend, "block_q": 512, "block_kv": 512,
+                    "max_len": length, "remat": "full", "loss_chunk": 2048}
+            model = DecoderOnlyModel(model_config("maxtext_dense", over))
+            batch = text_batch(1, length, 8192)
+            params = jax.eval_shape(lambda: nn.unbox(model.init(jax.random.PRNGKey(0),
+                                                                text_batch(1, 8, 8192))))
+            grad = jax.jit(jax.grad(lambda p, b: model.loss_fn(p, b, None)[0]))
+            mem = grad.lower(params, batch).compile().memory_analysis()
+            peak = (mem.temp_size_in_bytes + mem.argument_size_in_bytes
+                    + mem.output_size_in_bytes)
+            out[f"{backend}_{length}"] = peak
+            print(f"[memory] {backend:9s} {length:6d} tokens: peak {peak / 2**30:7.3f} GiB "
+                  f"({peak / length / 2**10:.1f} KiB/token)", flush=True)
+    return out
+
+
+def part_flops(args, step_results: dict | None) -> dict:
+    mm = matmul_flops_per_s()
+    print(f"[flops] 4096^3 matmul: {mm / 1e9:.1f} GFLOP/s")
+    out = {"matmul_flops_per_s": mm}
+    for label, res in (step_results or {}).items():
+        if isinstance(res, dict):
+            util = res["model_flops_per_s"] / mm
+            out[label] = util
+            print(f"[flops] {label:22s} {res['model_flops_per_s'] / 1e9:6.1f} GFLOP/s "
+                  f"= {100 * util:.0f}% of the matmul's FLOP/s")
+    return out
+
+
+def main(argv=None) -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--parts", default="step,memory,flops")
+    p.add_argument("--steps", type=int, default=8)
+    p.add_argument("--batch", type=int, default=8)
+    p.add_argument("--length", type=int, default=512)
+    p.add_argument("--dtype", default="float32")
+    p.add_argument("--dropless", action="store_true", help="also time the dropless path")
+    p.add_argument("--memory_lengths", default="4096,16384,65536")
+    p.add_argument("--memory_backends", default="blockwise,xla")
+    p.add_argument("--json", default="", help="write results here")
+    args = p.parse_args(argv)
+    args.memory_lengths = [int(x) for x in args.memory_lengths.split(",")]
+    parts = set(args.parts.split(","))
+    print(f"jax {jax.__version__} on {jax.devices()[0].device_kind} x{jax.device_count()}; "
+          f"load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} cpus", flush=True)
+    results: dict = {}
+    if "step" in parts:
+        results["step"] = part_step(args)
+    if "memory" in parts:
+        results["memory"] = part_memory(args)
+    if "_memory" in parts:
+        results["memory"] = _part_memory(args)
+    if "flops" in parts:
+        results["flops"] = part_flops(args, results.get("step"))
+    print(f"load average at the end {os.getloadavg()[0]:.1f}", flush=True)
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(results, f, indent=1)
+            f.write("\n")
+
+
+if __name__ == "__main__":
+    main()
