@@ -174,9 +174,12 @@ def evaluate(*, model: Any = gin.REQUIRED, suites: Sequence[Any] = gin.REQUIRED,
         log.info("%s done in %.1fs: %s", res.name, time.perf_counter() - t0,
                  {k: v for k, v in res.metrics.items() if isinstance(v, (int, float))})
         prev = results["tasks"].get(res.name, {})
+        m = res.metrics
         results["tasks"][res.name] = {
-            "metrics": res.metrics, "config": res.config,
+            "n": m.get("n", m.get("overall", {}).get("n")), "n_shot": res.config.get("num_shots", 0),
+            "metrics": m, "config": res.config,
             "timing": res.timing if res.timing["new_samples"] else prev.get("timing", res.timing),
+            **{k: meta[k] for k in ("date", "checkpoint_step", "git_commit", "versions")},
         }
         report.save_results(out, results)
         sections += res.sections

@@ -221,3 +221,14 @@ def test_missing_data_skips_the_suite_when_asked(tmp_path):
     assert results["tasks"]["mmlu"] == {"skipped": "no MMLU test files under /nowhere"}
     assert results["tasks"]["mmlu_small"]["metrics"]["overall"]["n"] == 3
     assert "mmlu (skipped)" in (tmp_path / "report.md").read_text()
+
+
+def test_results_json_has_per_task_provenance(tmp_path):
+    from model import eval as eval_lib
+    eval_lib.evaluate(model=None, checkpoint_path=None, output_dir=str(tmp_path), max_length=16,
+                      batch_size=2, progress=False, score_fn=token_stub, shared_context=False,
+                      suites=[suites.MMLUSuite(inputs_fn=_mmlu_records)])
+    task = json.loads((tmp_path / "results.json").read_text())["tasks"]["mmlu"]
+    assert task["n"] == 3 and task["n_shot"] == 0
+    assert {"date", "git_commit", "versions", "checkpoint_step", "config", "metrics"} <= set(task)
+    assert task["metrics"]["subjects"]["philosophy"]["acc_stderr"] is None  # n=1: no stderr
