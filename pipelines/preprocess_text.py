@@ -93,7 +93,7 @@ class PreprocessText(beam.PTransform):
 
     def __init__(self, inputs: Sequence[str], cache_dir: str, task: str, vocab: str = DEFAULT_VOCAB, *,
                  split: str = "train", validation_fraction: float = 0.0, max_chars: int = 4000,
-                 num_shards: int = 4):
+                 num_shards: int = 0):
         super().__init__()
         self._files = text_io.expand_patterns(inputs)
         self._cache_dir, self._task, self._vocab = cache_dir, task, vocab
@@ -136,7 +136,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--split", default="train")
     parser.add_argument("--validation_fraction", type=float, default=0.0)
     parser.add_argument("--max_chars", type=int, default=4000, help="longest chunk of a document, in characters")
-    parser.add_argument("--num_shards", type=int, default=4)
+    parser.add_argument("--num_shards", type=int, default=0,
+                        help="TFRecord shards; 0 lets the runner choose (no shuffle of all examples)")
     args, beam_args = parser.parse_known_args(argv)
     try:
         text_io.expand_patterns(args.input)
