@@ -212,6 +212,8 @@ class Partitioner:
 
     def shard_batch(self, local_batch: dict[str, np.ndarray]) -> dict[str, jax.Array]:
         """This host's rows (global / process_count) -> globally sharded jax.Arrays."""
+        if jax.process_count() == 1:  # one batched transfer: about half the host time
+            return jax.device_put(local_batch, self.batch_shardings(local_batch))
         return {k: jax.make_array_from_process_local_data(self.batch_sharding(v.ndim), v)
                 for k, v in local_batch.items()}
 

@@ -257,7 +257,7 @@ def train(*, model: Any = gin.REQUIRED,
              partitioner.mesh_shape, jax.device_count(), train_dataset_cfg.batch_size,
              sample["decoder_target_tokens"].shape[1], flops_per_token, peak)
 
-    window = {"start": time.perf_counter(), "step": step, "nonpad": 0}
+    window = {"start": time.perf_counter(), "step": step}
     last: dict[str, Any] = {"metrics": {}, "eval": None}
 
     def log_hook(info: StepInfo) -> None:
@@ -268,10 +268,9 @@ def train(*, model: Any = gin.REQUIRED,
         tokens_per_s = tokens_per_batch * steps / elapsed
         values.update(
             step_time_s=elapsed / steps, tokens_per_s=tokens_per_s,
-            nonpad_tokens_per_s=window["nonpad"] * num_shards / elapsed,
             mfu=flops_per_token * tokens_per_s / peak,
             eta_s=bar.eta_s(info.step))
-        window.update(start=now, step=info.step, nonpad=0)
+        window.update(start=now, step=info.step)
         writers.write(info.step, "train", values)
         bar.update(info.step, {k: values[k] for k in ("loss", "tokens_per_s", "mfu")
                                if k in values})
@@ -307,7 +306,6 @@ def train(*, model: Any = gin.REQUIRED,
                 log.warning("training data ran out after %d steps; saving and stopping", step)
                 ckpt.save(step, state, _data_position(step, train_dataset_cfg))
                 break
-            window["nonpad"] += int(np.count_nonzero(host_batch["decoder_segment_ids"]))
             t0 = time.perf_counter()
             state, metrics = train_step(state, partitioner.shard_batch(host_batch))
             step += 1
@@ -324,7 +322,7 @@ def train(*, model: Any = gin.REQUIRED,
             hooks.run(StepInfo(step, state, metrics, time.perf_counter() - t0), force=force)
             if step == first_step + 1:  # later windows exclude compilation
                 jax.block_until_ready(metrics["loss"])
-                window.update(start=time.perf_counter(), step=step, nonpad=0)
+                window.update(start=time.perf_counter(), step=step)
                 if is_chief:
                     metric_writers.write_config_gin(model_dir, operative=True)
             if stop:
