@@ -306,7 +306,6 @@ def train(*, model: Any = gin.REQUIRED,
                 log.warning("training data ran out after %d steps; saving and stopping", step)
                 ckpt.save(step, state, _data_position(step, train_dataset_cfg))
                 break
-            t0 = time.perf_counter()
             state, metrics = train_step(state, partitioner.shard_batch(host_batch))
             step += 1
             if pending is not None:  # the previous step's loss, fetched while this one runs
@@ -319,7 +318,7 @@ def train(*, model: Any = gin.REQUIRED,
                 pending = None
             else:
                 pending = (step, metrics["loss"])
-            hooks.run(StepInfo(step, state, metrics, time.perf_counter() - t0), force=force)
+            hooks.run(StepInfo(step, state, metrics), force=force)
             if step == first_step + 1:  # later windows exclude compilation
                 jax.block_until_ready(metrics["loss"])
                 window.update(start=time.perf_counter(), step=step)

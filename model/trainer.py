@@ -17,7 +17,6 @@ Shapes: B global batch, L length, M microbatches, b = B / M rows per microbatch.
 from __future__ import annotations
 
 import dataclasses
-import time
 from typing import Any, Callable, Sequence
 
 import flax
@@ -121,7 +120,6 @@ class Trainer:
         self.num_microbatches = num_microbatches
         self.compute_dtype = jnp.dtype(compute_dtype)
         self.seed = seed
-        self._state_specs = None
 
     # --------------------------------------------------------------- shardings
     def abstract_state(self, batch: Batch) -> tuple[TrainState, TrainState]:
@@ -141,7 +139,6 @@ class Trainer:
         shardings = self.partitioner.shardings(specs)
         abstract = jax.tree.map(
             lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), shape, shardings)
-        self._state_specs = specs
         return abstract, specs
 
     def state_shardings(self, batch: Batch) -> TrainState:
@@ -259,8 +256,6 @@ class StepInfo:
     step: int
     state: TrainState
     metrics: Metrics
-    step_time_s: float
-    wall_time: float = dataclasses.field(default_factory=time.time)
 
 
 @dataclasses.dataclass

@@ -66,7 +66,7 @@ def test_hooks_run_every_n_and_when_forced():
     hooks.add(lambda info: seen.append(("log", info.step)), every=2, name="log")
     hooks.add(lambda info: seen.append(("ckpt", info.step)), every=3, name="checkpoint")
     for step in range(1, 7):
-        hooks.run(StepInfo(step, None, {}, 0.0), force=("checkpoint",) if step == 5 else ())
+        hooks.run(StepInfo(step, None, {}), force=("checkpoint",) if step == 5 else ())
     assert seen == [("log", 2), ("ckpt", 3), ("log", 4), ("ckpt", 5), ("log", 6), ("ckpt", 6)]
     assert hooks.due(4) and not hooks.due(5)
     with pytest.raises(ValueError, match="every=0"):
