@@ -60,3 +60,29 @@ def test_text_documents_are_the_cached_held_out_text(cache_dir):
     for d in docs:
         assert d["text"] and d["text"] in BOOK
         assert d["token_ids"] == encode(d["text"])
+
+
+def test_speech_prompts_decode_through_the_model_into_a_wer_report(cache_dir, tmp_path):
+    pytest.importorskip("model.decoding")
+    from model import eval as eval_lib
+    from model.config import model_config
+    from model.evaluation import generation
+    from model.models import DecoderOnlyModel
+
+    recs = eval_inputs.multimodal_prompts(
+        "tapestry_mm_speech_manifest", split="train", cache_dirs=[cache_dir], max_audio=1,
+        audio_frames=201, n_mels=CFG.n_mels)
+    model = DecoderOnlyModel(model_config("tiny", {"audio.max_frames": 201}))
+    suite = generation.GenerationSuite(inputs_fn=lambda: recs, name="asr", metric="wer",
+                                       max_new_tokens=4, batch_size=2)
+    results = eval_lib.evaluate(model=model, checkpoint_path=None, suites=[suite],
+                                output_dir=str(tmp_path), progress=False,
+                                detokenizer=eval_inputs.detokenizer())
+    m = results["tasks"]["asr"]["metrics"]
+    from model.evaluation import asr
+    norm = asr.normalizer("en")  # Whisper's: "seven 1 nine" -> "7 1 9", "seven 0 nine" -> "7 9"
+    assert m["n"] == 3
+    assert m["reference_units"] == sum(len(norm(r["answer"]).split()) for r in recs)
+    assert m["wer"] >= 0 and len(m["per_utterance_wer"]) == 3
+    lines = (tmp_path / "samples_asr.jsonl").read_text().splitlines()
+    assert len(lines) == 3 and all("output" in json.loads(l) for l in lines)

@@ -20,7 +20,8 @@ import jiwer
 
 @functools.cache
 def normalizer(language: str = "en") -> Callable[[str], str]:
-    """Whisper's English normaliser for "en", its basic (language-neutral) one otherwise."""
+    """Whisper's English normaliser for "en", its basic (language-neutral) one otherwise
+    (e.g. "basic": lower-case, punctuation dropped, numbers left as written)."""
     if language == "en":
         from whisper_normalizer.english import EnglishTextNormalizer
         return EnglishTextNormalizer()
