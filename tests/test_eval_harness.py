@@ -232,3 +232,16 @@ def test_results_json_has_per_task_provenance(tmp_path):
     assert task["n"] == 3 and task["n_shot"] == 0
     assert {"date", "git_commit", "versions", "checkpoint_step", "config", "metrics"} <= set(task)
     assert task["metrics"]["subjects"]["philosophy"]["acc_stderr"] is None  # n=1: no stderr
+
+
+def test_mmlu_report_labels_chance_level_results():
+    m = {"overall": {"acc": 0.26, "acc_stderr": 0.01, "acc_macro": 0.26, "acc_macro_stderr": 0.01,
+                     "n": 1000, "num_subjects": 1},
+         "categories": {"stem": {"acc": 0.26, "acc_stderr": 0.01, "n": 1000, "num_subjects": 1}},
+         "subjects": {"anatomy": {"acc": 0.26, "acc_stderr": 0.01, "n": 1000}}}
+    cfg = {"num_shots": 5, "max_length": 256, "truncated_prompts": 0}
+    (sec,) = suites.MMLUSuite(inputs_fn=list)._sections(m, cfg)
+    assert "within two standard errors of chance" in sec.paragraphs[-1]
+    m["overall"]["acc"] = 0.6
+    (sec,) = suites.MMLUSuite(inputs_fn=list)._sections(m, cfg)
+    assert len(sec.paragraphs) == 1

@@ -126,6 +126,11 @@ class MMLUSuite:
             f"prompts longer than the model's {config['max_length']} tokens are left-truncated "
             f"({config['truncated_prompts']} of them). Chance is 0.25.",
         ]
+        se = o["acc_stderr"]
+        if se == se and abs(o["acc"] - 0.25) <= 2 * se:  # (se == se: not nan)
+            paragraphs.append(f"Accuracy {o['acc']:.3f} ± {se:.3f} is within two standard "
+                              "errors of chance: this model does not answer MMLU better than "
+                              "guessing (expected for a model this small).")
         overall = Table(("average", "acc", "stderr", "n"), [
             ("micro (weighted by questions)", o["acc"], o["acc_stderr"], o["n"]),
             ("macro (mean over subjects)", o["acc_macro"], o["acc_macro_stderr"],
