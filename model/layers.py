@@ -69,6 +69,33 @@ class Embed(nn.Module):
         return jnp.einsum("BTD,VD->BTV", x, self.embedding.astype(self.dtype))
 
 
+@jax.custom_vjp
+def matmul(x: jax.Array, w: jax.Array) -> jax.Array:
+    """x [N, I] @ w [I, O] with a backward pass that transposes the narrower operand.
+
+    XLA:CPU otherwise tends to write the wide incoming gradient transposed (a
+    strided copy as large as the activations) to form dW.
+    """
+    return x @ w
+
+
+def _matmul_fwd(x, w):
+    return x @ w, (x, w)
+
+
+def _matmul_bwd(res, g):
+    x, w = res
+    dx = g @ w.T
+    if x.shape[1] <= g.shape[1]:
+        dw = x.T @ g
+    else:
+        dw = (g.T @ x).T
+    return dx, dw
+
+
+matmul.defvjp(_matmul_fwd, _matmul_bwd)
+
+
 class DenseGeneral(nn.Module):
     """x @ W over the last axis with an arbitrary output shape and axis names."""
     features: tuple[int, ...]
@@ -94,10 +121,10 @@ class DenseGeneral(nn.Module):
             return _base(key, (fan_in, fan_out), dtype).reshape(shp)
 
         kernel = param_with_axes(self, "kernel", init, shape, self.axes, self.param_dtype)
-        contract = tuple(range(x.ndim - self.in_axes, x.ndim))
-        return jax.lax.dot_general(
-            x.astype(self.dtype), kernel.astype(self.dtype),
-            ((contract, tuple(range(self.in_axes))), ((), ())))
+        lead = x.shape[:-self.in_axes]
+        y = matmul(x.astype(self.dtype).reshape(-1, fan_in),
+                   kernel.astype(self.dtype).reshape(fan_in, fan_out))
+        return y.reshape(*lead, *self.features)
 
 
 def rope_tables(positions: jax.Array, head_dim: int, base: float
