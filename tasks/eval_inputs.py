@@ -246,13 +246,41 @@ def multimodal_prompts(task_name: str = gin.REQUIRED, split: str = "validation",
         features = {k: batches[0][k][0] for k in _MEDIA_KEYS if k in batches[0]}
         answer = ex["answer"].decode("utf-8")
         text = decode([t for t in prompt if t >= 19])  # text pieces only (no media ids)
+        shown = readable_prompt(prompt, decode)
         meta = {"source": ex["source"].decode("utf-8")}
         options, label = parse_choices(text, answer)
         if options:
             meta["options"], meta["label"] = options[:num_choices], label
         out.append({"sample_id": ex["source_id"].decode("utf-8"), "prompt_ids": prompt,
-                    "features": features, "answer": answer, "prompt_text": text, "meta": meta})
+                    "features": features, "answer": answer, "prompt_text": shown, "meta": meta})
     return out
+
+
+def readable_prompt(ids: Sequence[int], decode: Callable[[Sequence[int]], str]) -> str:
+    """Prompt text with each media run shown as `<image x16>` (for samples files)."""
+    from pipelines import special_tokens as st
+
+    names = {ids_[0]: m for m, ids_ in st.MODALITY_IDS.items()}
+    markers = {i for ids_ in st.MODALITY_IDS.values() for i in ids_[1:]}
+    out, text, i = [], [], 0
+    while i < len(ids):
+        t = int(ids[i])
+        if t in names:
+            j = i
+            while j < len(ids) and int(ids[j]) == t:
+                j += 1
+            if text:
+                out.append(decode(text))
+                text = []
+            out.append(f"<{names[t]} x{j - i}>")
+            i = j
+            continue
+        if t not in markers:
+            text.append(t)
+        i += 1
+    if text:
+        out.append(decode(text))
+    return "".join(out)
 
 
 def parse_choices(prompt_text: str, answer: str) -> tuple[list[str], int]:

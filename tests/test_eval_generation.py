@@ -64,6 +64,17 @@ def test_multiple_choice_and_niah_suites(tmp_path):
         generation.GenerationSuite(inputs_fn=lambda: niah, name="x", metric="bleu")
 
 
+def test_readable_prompt_shows_media_runs_and_stop_strings_cut_outputs(tmp_path):
+    prompt = [4, 3, 3, 3, 5, 2, 7, 6, 8]
+    assert eval_inputs.readable_prompt(prompt, detok) == "<image x3>he<audio x1>"
+    recs = [{"sample_id": "s", "prompt_ids": [100], "answer": "stew"}]
+    words = WORDS + ["\n"]
+    ctx = _ctx(tmp_path, {100: [7, 14, 9]})
+    ctx.detokenize = lambda ids: "".join(words[i] for i in ids)
+    res = generation.GenerationSuite(inputs_fn=lambda: recs, name="oe", metric="exact_match").run(ctx)
+    assert res.metrics["exact_match"] == 1.0  # "stew\ndinner" is cut at the newline
+
+
 def test_insert_needle_moves_to_a_sentence_start():
     assert eval_inputs.insert_needle([1, 2, 3, 4], [9], 0.5) == [1, 2, 9, 3, 4]
     assert eval_inputs.insert_needle([1, 7, 3, 4, 5], [9], 0.8, boundary_ids=[7]) == [1, 7, 9, 3, 4, 5]

@@ -51,6 +51,7 @@ def test_speech_prompts_carry_audio_rows_and_transcripts(cache_dir):
         assert k == -(-frames // 4)  # ceil(frames / 4): the contract's audio slots
         assert r["features"]["audio"].shape == (1, 201, CFG.n_mels)
         assert "seven" not in r["prompt_text"]  # the transcript is the answer, not the prompt
+        assert r["prompt_text"].startswith(f"<audio x{k}>")
 
 
 def test_text_documents_are_the_cached_held_out_text(cache_dir):

@@ -18,6 +18,8 @@ Inputs (from a gin-bound `tasks/eval_inputs.py` function), one record per sample
 
 `Context.generate(prompts, max_new_tokens) -> [[token ids]]` (greedy, ids after the
 prompt, EOS and what follows removed) is built by model/eval.py from model/decoding.py.
+The decoded text is cut at the first of `stop_strings` (default: newline), like
+lm-eval's `until`.
 """
 from __future__ import annotations
 
@@ -58,7 +60,8 @@ class GenerationSuite:
 
     def __init__(self, inputs_fn: InputsFn = gin.REQUIRED, name: str = gin.REQUIRED,
                  metric: str = gin.REQUIRED, max_new_tokens: int = 32, batch_size: int = 8,
-                 language: str = "en", slot_vocab: Mapping[str, Sequence[str]] | None = None):
+                 language: str = "en", slot_vocab: Mapping[str, Sequence[str]] | None = None,
+                 stop_strings: Sequence[str] = ("\n",)):
         if metric not in METRICS:
             raise ValueError(f"GenerationSuite {name}: metric must be one of {METRICS}, "
                              f"got {metric!r}")
@@ -66,6 +69,7 @@ class GenerationSuite:
             raise ValueError(f"GenerationSuite {name}: slot_vocab is needed by (and only by) "
                              "metric='slots', e.g. {'colour': ['red', ...], 'shape': [...]}")
         self.slot_vocab = {k: [w.lower() for w in v] for k, v in (slot_vocab or {}).items()}
+        self.stop_strings = tuple(stop_strings)
         self.inputs_fn, self.name, self.metric = inputs_fn, name, metric
         self.max_new_tokens, self.batch_size, self.language = max_new_tokens, batch_size, language
 
@@ -78,7 +82,7 @@ class GenerationSuite:
         if not records:
             raise ValueError(f"{self.name}: inputs_fn returned no records")
         log = report.SampleLog(ctx.out_dir, self.name, report.fingerprint(
-            "generation", self.metric, self.max_new_tokens,
+            "generation", self.metric, self.max_new_tokens, self.stop_strings,
             [(r["sample_id"], r["prompt_ids"], r["answer"]) for r in records]))
         todo = sorted((r for r in records if r["sample_id"] not in log.done),
                       key=lambda r: -len(r["prompt_ids"]))
@@ -92,6 +96,7 @@ class GenerationSuite:
         samples = [log.done[r["sample_id"]] for r in records]
         metrics = self._score(samples)
         config = {"metric": self.metric, "max_new_tokens": self.max_new_tokens,
+                  "stop_strings": list(self.stop_strings),
                   "slot_vocab": self.slot_vocab or None,
                   "batch_size": self.batch_size, "num_samples": len(records),
                   "decoding": "greedy"}
@@ -100,6 +105,8 @@ class GenerationSuite:
 
     def _sample(self, r: Mapping[str, Any], out_ids: list[int], ctx: Context) -> dict[str, Any]:
         output = ctx.detokenize(out_ids)
+        for stop in self.stop_strings:  # like lm-eval's `until`: the answer ends there
+            output = output.split(stop, 1)[0] if stop else output
         prompt = r.get("prompt_text") or " ".join(map(str, r["prompt_ids"]))
         doc = r.get("doc", {"prompt_ids": list(r["prompt_ids"]), "answer": r["answer"]})
         rec = {"sample_id": r["sample_id"], "prompt": prompt, "target": r["answer"],

@@ -80,7 +80,10 @@ def fit_power_law(curve: Sequence[float]) -> dict[str, float]:
         raise ValueError(f"need at least 4 positions to fit 3 parameters, got {y.size}")
     x = np.arange(1, y.size + 1, dtype=np.float64)
     p0 = (max(y[0] - y[-1], 1e-3), -0.5, float(y[-1]))
-    params, _ = curve_fit(power_law, x, y, p0=p0, maxfev=20000)
+    # b is bounded to a decaying/flat range so x**b cannot overflow during the search.
+    with np.errstate(over="ignore", invalid="ignore"):
+        params, _ = curve_fit(power_law, x, y, p0=p0, maxfev=20000,
+                              bounds=([-np.inf, -5.0, -np.inf], [np.inf, 1.0, np.inf]))
     resid = y - power_law(x, *params)
     ss_tot = float(np.sum((y - y.mean()) ** 2))
     r2 = 1.0 - float(np.sum(resid**2)) / ss_tot if ss_tot > 0 else float("nan")
