@@ -185,8 +185,9 @@ class GenerationSuite:
                                 [("all", m["acc"], m["acc_stderr"], m["n"])]
                                 + [(t, v["acc"], v["acc_stderr"], v["n"])
                                    for t, v in m["per_type"].items()]))
-            figures.append(Figure(f"{self.name}_types", "Accuracy per question type",
-                                  plots.accuracy_bars(m["per_type"], title=self.name)))
+            if set(m["per_type"]) - {""}:  # the inputs carry question types
+                figures.append(Figure(f"{self.name}_types", "Accuracy per question type",
+                                      plots.accuracy_bars(m["per_type"], title=self.name)))
             paragraph = (f"Answer letter parsed deterministically; {m['unparseable']:.1%} of "
                          "outputs had no parseable letter and count as wrong.")
         elif self.metric == "slots":
