@@ -5,12 +5,10 @@ import os
 import pathlib
 import warnings
 
-import gin
 import jax
 import numpy as np
 import pytest
 
-from model import train as train_lib
 from model.checkpointing import (CheckpointConfig, Checkpointer, CheckpointShapeError,
                                  restore_params)
 from model.config import model_config
@@ -65,11 +63,7 @@ def test_train_checkpoint_restore_round_trip(tmp_path):
     """train() -> checkpoint -> restore gives bit-identical params and optimizer state."""
     args = train_testlib.cli_args(tmp_path, steps=4, bindings=[
         "CheckpointConfig.save_every = 2", "train.log_every = 2"])
-    train_testlib.parse_in_process(args)
-    try:
-        result = train_lib.train()
-    finally:
-        gin.clear_config()
+    result = train_testlib.train_in_process(args)
     assert result.step == 4 and sorted(os.listdir(tmp_path / "checkpoints")) == ["2", "4"]
     params, step = restore_params(tmp_path)
     assert step == 4
@@ -192,11 +186,7 @@ def test_finetune_run_starts_from_the_pretrained_params(tmp_path):
                                               "train.learning_rate_schedule = "
                                               "@constant_schedule()",
                                               "constant_schedule.value = 0.0"])):
-        train_testlib.parse_in_process(train_testlib.cli_args(model_dir, 3, extra))
-        try:
-            result = train_lib.train()
-        finally:
-            gin.clear_config()
+        result = train_testlib.train_in_process(train_testlib.cli_args(model_dir, 3, extra))
     pre_params, _ = restore_params(pre)
     # learning rate 0: fine-tuned params are exactly the pretrained ones; optimizer fresh
     _assert_same(jax.device_get(result.state.params), pre_params)

@@ -11,6 +11,7 @@ from model.models import DecoderOnlyModel
 from model.partitioning import Partitioner, resolve_mesh_shape
 from model.synthetic_data import synthetic_dataset_fn
 from model.trainer import Trainer, adamw, warmup_cosine_schedule
+from tests import train_testlib
 
 pytestmark = pytest.mark.slow  # six train-step compilations
 
@@ -39,13 +40,7 @@ def _losses(mesh_shape, num_devices=None, steps=5, fsdp=False, num_microbatches=
     if not _INITIAL:  # initialise once (one compile), then place it on every mesh
         _INITIAL["state"] = jax.device_get(
             tr.init_state(jax.random.key(0), part.shard_batch(batches[0])))
-    state = jax.device_put(_INITIAL["state"], tr.state_shardings(batches[0]))
-    step_fn = tr.jit_train_step(batches[0])
-    losses = []
-    for b in batches:
-        state, metrics = step_fn(state, part.shard_batch(b))
-        losses.append(float(metrics["loss"]))
-    return np.array(losses), state
+    return train_testlib.step_losses(tr, batches, _INITIAL["state"])
 
 
 @pytest.fixture(scope="module")

@@ -6,7 +6,6 @@ import subprocess
 import sys
 import time
 
-import gin
 import pytest
 
 from model import train as train_lib
@@ -51,21 +50,13 @@ def test_import_leaves_tensorflow_out():
     assert proc.returncode == 0, proc.stdout + proc.stderr
 
 
-def _train_in_process(args):
-    train_testlib.parse_in_process(args)
-    try:
-        return train_lib.train()
-    finally:
-        gin.clear_config()
-
-
 def test_metrics_files_hold_every_field(tmp_path):
     args = train_testlib.cli_args(tmp_path, 6, [
         "model_config.preset = 'tiny_moe'", train_testlib.overrides_binding(num_layers=2),
         "train.log_every = 2", "train.eval_every = 3",
         "train.eval_steps = 2", "CheckpointConfig.save_every = 3",
         "train.profile_steps = (4, 5)"])
-    result = _train_in_process(args)
+    result = train_testlib.train_in_process(args)
     assert result.step == 6 and not result.preempted
     rows = read_jsonl(tmp_path / "metrics.jsonl", "train")
     assert [r["step"] for r in rows] == [2, 4, 6]
@@ -100,7 +91,7 @@ def test_nan_loss_stops_with_the_step(tmp_path):
         "warmup_cosine_schedule.warmup_steps = 1", "train.log_every = 50",
         "CheckpointConfig.save_every = 1"])
     with pytest.raises(train_lib.NonFiniteLossError, match=r"loss is (nan|inf) at step (\d+)"):
-        _train_in_process(args)
+        train_testlib.train_in_process(args)
     saved = sorted(int(p.name) for p in (tmp_path / "checkpoints").iterdir())
     losses = read_jsonl(tmp_path / "metrics.jsonl", "train")
     assert all(json.dumps(r["loss"]) not in ('"nan"', '"inf"') for r in losses)
@@ -110,6 +101,6 @@ def test_nan_loss_stops_with_the_step(tmp_path):
 def test_running_out_of_data_saves_and_stops(tmp_path):
     args = train_testlib.cli_args(tmp_path, 8, ["synthetic_dataset_fn.num_batches = 3",
                                                 "CheckpointConfig.save_every = 100"])
-    result = _train_in_process(args)
+    result = train_testlib.train_in_process(args)
     assert result.step == 3
     assert sorted(p.name for p in (tmp_path / "checkpoints").iterdir()) == ["3"]

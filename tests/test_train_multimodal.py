@@ -1,11 +1,9 @@
 """The trainer on multimodal synthetic batches (images, audio, video + placeholders)."""
 from __future__ import annotations
 
-import gin
 import pytest
 import numpy as np
 
-from model import train as train_lib
 from model.config import model_config
 from model.dataset_config import DatasetConfig
 from model.metric_writers import read_jsonl
@@ -40,11 +38,7 @@ def test_multimodal_training_with_microbatches_on_a_mesh(tmp_path):
         "synthetic_dataset_fn.media_per_row = {'image': 1, 'audio': 1, 'video': 1}",
         "Partitioner.mesh_shape = (2, 2, 2)", "train.num_microbatches = 2",
         "train.log_every = 1", "warmup_cosine_schedule.warmup_steps = 1"])
-    train_testlib.parse_in_process(args)
-    try:
-        result = train_lib.train()
-    finally:
-        gin.clear_config()
+    result = train_testlib.train_in_process(args)
     rows = read_jsonl(tmp_path / "metrics.jsonl", "train")
     assert [r["step"] for r in rows] == [1, 2]
     assert all(np.isfinite(r["loss"]) for r in rows)

@@ -14,6 +14,7 @@ from model.partitioning import Partitioner
 from model.synthetic_data import synthetic_dataset_fn
 from model.trainer import (Hooks, StepInfo, Trainer, adamw, constant_schedule,
                            warmup_cosine_schedule)
+from tests import train_testlib
 
 SMALL = dict(d_model=32, num_layers=1, num_heads=2, num_kv_heads=1, head_dim=16, d_ff=64,
              vocab_size=256, max_len=32, image=None, video=None, audio=None)
@@ -26,13 +27,7 @@ def _run(compute_dtype, steps=3):
                  compute_dtype=compute_dtype)
     cfg = DatasetConfig("synthetic", {"targets": 32}, batch_size=4)
     batches = list(synthetic_dataset_fn(cfg, 0, 1, 0, vocab_size=256, num_batches=steps))
-    state = tr.init_state(jax.random.key(0), part.shard_batch(batches[0]))
-    step = tr.jit_train_step(batches[0])
-    losses = []
-    for b in batches:
-        state, m = step(state, part.shard_batch(b))
-        losses.append(float(m["loss"]))
-    return np.array(losses), state
+    return train_testlib.step_losses(tr, batches)
 
 
 def test_bf16_compute_keeps_float32_master_weights():

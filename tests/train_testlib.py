@@ -77,3 +77,32 @@ def parse_in_process(args: Sequence[str]) -> None:
     import model.train  # noqa: F401  - registers the configurables
     gin.clear_config()
     gin_flags.parse_gin_flags(list(args), "test")
+
+
+def train_in_process(args: Sequence[str]):
+    """Runs `model.train.train()` here on CLI-style gin flags; clears gin afterwards."""
+    import gin
+    from model import train as train_lib
+    parse_in_process(args)
+    try:
+        return train_lib.train()
+    finally:
+        gin.clear_config()
+
+
+def step_losses(trainer, batches, state=None):
+    """Runs `trainer`'s jitted step over host `batches`: (losses [N], final state).
+    `state` (host arrays) is placed on the trainer's mesh; None initialises."""
+    import jax
+    import numpy as np
+    part = trainer.partitioner
+    if state is None:
+        state = trainer.init_state(jax.random.key(0), part.shard_batch(batches[0]))
+    else:
+        state = jax.device_put(state, trainer.state_shardings(batches[0]))
+    step = trainer.jit_train_step(batches[0])
+    losses = []
+    for b in batches:
+        state, metrics = step(state, part.shard_batch(b))
+        losses.append(float(metrics["loss"]))
+    return np.array(losses), state
