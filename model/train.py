@@ -277,11 +277,15 @@ def train(*, model: Any = gin.REQUIRED,
         last["metrics"] = values
 
     def eval_hook(info: StepInfo) -> None:
+        start = time.perf_counter()
         it = get_dataset_fn(eval_dataset_cfg, shard_id, num_shards, 0)
         values = evaluate(eval_step, info.state.params, it, partitioner, eval_steps)
+        values["eval_time_s"] = time.perf_counter() - start
         writers.write(info.step, "eval", values)
-        log.info("eval at step %d: loss %.4f", info.step, values.get("loss", float("nan")))
+        log.info("eval at step %d: loss %.4f (%.1f s)", info.step,
+                 values.get("loss", float("nan")), values["eval_time_s"])
         last["eval"] = values
+        window["start"] += values["eval_time_s"]  # train step time excludes eval
 
     def checkpoint_hook(info: StepInfo) -> None:
         ckpt.save(info.step, info.state, _data_position(info.step, train_dataset_cfg))
