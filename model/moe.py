@@ -73,6 +73,30 @@ def capacity_slots(experts: jax.Array, token_mask: jax.Array, num_experts: int,
     return slot.astype(jnp.int32), kept
 
 
+@jax.custom_vjp
+def batched_matmul(x: jax.Array, w: jax.Array) -> jax.Array:
+    """[E, N, I] @ [E, I, O] per expert; the backward transposes the narrower operand
+    (as model.layers.matmul), which XLA:CPU does not choose by itself."""
+    return jnp.einsum("ENI,EIO->ENO", x, w)
+
+
+def _bmm_fwd(x, w):
+    return batched_matmul(x, w), (x, w)
+
+
+def _bmm_bwd(res, g):
+    x, w = res
+    dx = jnp.einsum("ENO,EIO->ENI", g, w)
+    if x.shape[-1] <= g.shape[-1]:
+        dw = jnp.einsum("EIN,ENO->EIO", jnp.swapaxes(x, 1, 2), g)
+    else:
+        dw = jnp.swapaxes(jnp.einsum("EON,ENI->EOI", jnp.swapaxes(g, 1, 2), x), 1, 2)
+    return dx, dw
+
+
+batched_matmul.defvjp(_bmm_fwd, _bmm_bwd)
+
+
 def expert_init(key: jax.Array, shape: tuple[int, ...], dtype) -> jax.Array:
     """lecun_normal per expert on the flattened [in, out] matrix of shape [E, in, *out]."""
     out = math.prod(shape[2:])
@@ -131,23 +155,25 @@ class MoE(nn.Module):
 
     def _capacity(self, x, experts, gates, token_mask, wi, wo):
         b, t, d = x.shape
-        e = self.num_experts
-        c = max(1, math.ceil(self.capacity_factor * t * self.top_k / e))
-        slot, kept = capacity_slots(experts, token_mask, e, c)
-        # Which token fills each buffer slot (T = empty -> zero row).
+        e, k = self.num_experts, self.top_k
+        c = max(1, math.ceil(self.capacity_factor * t * k / e))
+        slot, kept = capacity_slots(experts, token_mask, e, c)  # slot = e*C + pos, sink E*C
+        # Expert buffers laid out [E, B*C, D] (expert-major) so each expert's tokens are
+        # one contiguous matrix. Which token fills buffer row (e, b, c); b*T + T = empty.
         rows = jnp.arange(b)[:, None, None]
         src = jnp.full((b, e * c + 1), t, jnp.int32)
         src = src.at[rows, slot].set(jnp.broadcast_to(jnp.arange(t)[None, :, None], slot.shape))
-        x_pad = jnp.concatenate([x, jnp.zeros((b, 1, d), x.dtype)], axis=1)
-        xb = jnp.take_along_axis(x_pad, src[:, :e * c, None], axis=1).reshape(b, e, c, d)
-        xb = constrain(xb, ("batch", "expert", None, "embed"))
-        h = nn.silu(jnp.einsum("BECD,EDF->BECF", xb, wi[0])) * jnp.einsum(
-            "BECD,EDF->BECF", xb, wi[1])
-        yb = jnp.einsum("BECF,EFD->BECD", h, wo)
-        yb = constrain(yb, ("batch", "expert", None, "embed"))
-        y_pad = jnp.concatenate([yb.reshape(b, e * c, d), jnp.zeros((b, 1, d), yb.dtype)], 1)
-        ya = jnp.take_along_axis(y_pad, slot.reshape(b, t * self.top_k, 1), axis=1)
-        ya = ya.reshape(b, t, self.top_k, d)
+        src = src[:, :e * c].reshape(b, e, c) + (jnp.arange(b) * (t + 1))[:, None, None]
+        src = jnp.swapaxes(src, 0, 1).reshape(e, b * c)
+        x_pad = jnp.concatenate([x, jnp.zeros((b, 1, d), x.dtype)], axis=1).reshape(-1, d)
+        xb = constrain(x_pad[src], ("expert", "batch", "embed"))  # [E, B*C, D]
+        h = nn.silu(batched_matmul(xb, wi[0])) * batched_matmul(xb, wi[1])  # [E, B*C, F]
+        yb = constrain(batched_matmul(h, wo), ("expert", "batch", "embed"))
+        # Gather each assignment's result back; the sink row is zero.
+        y_flat = jnp.concatenate([yb.reshape(e * b * c, d), jnp.zeros((1, d), yb.dtype)])
+        expert_of, pos = slot // c, slot % c
+        flat_idx = jnp.where(kept, expert_of * (b * c) + rows * c + pos, e * b * c)
+        ya = y_flat[flat_idx.reshape(-1)].reshape(b, t, k, d)
         y = jnp.einsum("BTKD,BTK->BTD", ya, (gates * kept).astype(ya.dtype))
         return y, kept
 
