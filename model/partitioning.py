@@ -119,6 +119,7 @@ class Partitioner:
         self.rules = tuple((name, tuple(a) if isinstance(a, list) else a)
                            for name, a in logical_axis_rules)
         self.fsdp = fsdp
+        self._reported: set[str] = set()  # param dims already warned about
         device_array = np.asarray(devices).reshape(shape)
         if len(devices) == jax.device_count() and jax.process_count() > 1:
             from jax.experimental import mesh_utils  # topology-aware order on pods
@@ -187,6 +188,8 @@ class Partitioner:
         mesh_specs = jax.tree_util.tree_map_with_path(
             lambda path, s, x: self._fit_spec(s, x.shape, jax.tree_util.keystr(path), dropped),
             mesh_specs, plain, is_leaf=lambda s: isinstance(s, P))
+        dropped = [d for d in dropped if d not in self._reported]
+        self._reported.update(dropped)
         if dropped:
             log.warning("replicated %d parameter dims that the mesh does not divide: %s",
                         len(dropped), "; ".join(dropped[:8]))
@@ -203,18 +206,18 @@ class Partitioner:
     def replicated(self) -> NamedSharding:
         return NamedSharding(self.mesh, P())
 
-    def batch_sharding(self, ndim: int = 1) -> NamedSharding:
-        del ndim  # leading dim only; the rest is replicated
+    def batch_sharding(self) -> NamedSharding:
+        """Leading (batch) dim over ('data', 'expert'); the other dims replicated."""
         return NamedSharding(self.mesh, P(BATCH_AXES))
 
     def batch_shardings(self, batch: dict[str, Any]) -> dict[str, NamedSharding]:
-        return {k: self.batch_sharding(np.ndim(v)) for k, v in batch.items()}
+        return {k: self.batch_sharding() for k in batch}
 
     def shard_batch(self, local_batch: dict[str, np.ndarray]) -> dict[str, jax.Array]:
         """This host's rows (global / process_count) -> globally sharded jax.Arrays."""
         if jax.process_count() == 1:  # one batched transfer: about half the host time
             return jax.device_put(local_batch, self.batch_shardings(local_batch))
-        return {k: jax.make_array_from_process_local_data(self.batch_sharding(v.ndim), v)
+        return {k: jax.make_array_from_process_local_data(self.batch_sharding(), v)
                 for k, v in local_batch.items()}
 
     # ------------------------------------------------------------------- jit
