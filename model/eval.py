@@ -126,7 +126,9 @@ def evaluate(*, model: Any = gin.REQUIRED, suites: Sequence[Any] = gin.REQUIRED,
     suites (`GenerationSuite`). `shared_context`: multiple-choice suites score all
     choices of a question from one row (`SharedContextScorer`) instead of one row per
     choice. `skip_missing_data`: a suite whose inputs are absent (FileNotFoundError,
-    e.g. no MMLU data dir) is reported as skipped instead of failing the run.
+    e.g. no MMLU data dir) is reported as skipped instead of failing the run. Suites
+    with `compare_untrained` also score the untrained model (init from `init_seed`)
+    when a checkpoint is evaluated.
     `score_fn` replaces the model scorer (tests).
     """
     out = pathlib.Path(output_dir)
@@ -142,11 +144,18 @@ def evaluate(*, model: Any = gin.REQUIRED, suites: Sequence[Any] = gin.REQUIRED,
     if shared_context and params is not None:
         choice_scorer = scoring.SharedContextScorer(make_candidate_fn(model, params), max_length,
                                                     batch_size, buckets)
+    baseline_scorer = None
+    if (checkpoint_path and params is not None
+            and any(getattr(s, "compare_untrained", False) for s in suites)):
+        init_params, _ = load_params(model, None, None, init_seed, max_length)
+        baseline_scorer = scoring.BatchedScorer(make_score_fn(model, init_params), max_length,
+                                                batch_size, buckets)
     generate = None
     if params is not None and any(isinstance(s, generation.GenerationSuite) for s in suites):
         generate = make_generate_fn(model, params)
     ctx = suites_lib.Context(scorer=scorer, out_dir=out, progress=progress,
-                             choice_scorer=choice_scorer, generate=generate,
+                             choice_scorer=choice_scorer, baseline_scorer=baseline_scorer,
+                             generate=generate,
                              detokenize=detokenizer)
     results = report.load_results(out)
     meta = report.run_metadata(checkpoint_path, ckpt_step, max_length=max_length,

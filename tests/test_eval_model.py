@@ -81,6 +81,24 @@ def test_bits_per_byte_equals_hand_computation(tiny, tmp_path):
     assert (tmp_path / "report.html").exists() and (tmp_path / "report.md").exists()
 
 
+def test_untrained_baseline_is_scored_next_to_the_checkpoint(tiny, tmp_path):
+    model, params = tiny
+    docs = [{"sample_id": "d", "text": "abc", "token_ids": [30, 31, 32, 33]}]
+    trained = jax.tree.map(lambda x: x * 0.5, params)  # any other parameters
+    results = eval_lib.evaluate(
+        model=model, params=trained, checkpoint_path="(given)", max_length=64, batch_size=2,
+        suites=[suites.TextLMSuite(inputs_fn=lambda: docs, compare_untrained=True)],
+        output_dir=str(tmp_path), progress=False)
+    m = results["tasks"]["text_lm"]["metrics"]
+    untrained = eval_lib.evaluate(
+        model=model, params=params, checkpoint_path=None, max_length=64, batch_size=2,
+        suites=[suites.TextLMSuite(inputs_fn=lambda: docs)], output_dir=str(tmp_path / "u"),
+        progress=False)["tasks"]["text_lm"]["metrics"]
+    assert m["untrained"]["bits_per_byte"] == pytest.approx(untrained["bits_per_byte"], rel=1e-6)
+    assert m["bits_per_byte"] != pytest.approx(untrained["bits_per_byte"])
+    assert "untrained model" in (tmp_path / "report.md").read_text()
+
+
 @pytest.mark.slow
 def test_eval_cli_restores_a_trained_checkpoint(tmp_path):
     env = dict(os.environ, JAX_PLATFORMS="cpu")

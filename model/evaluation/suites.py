@@ -32,6 +32,7 @@ class Context:
     out_dir: pathlib.Path
     progress: bool = True
     choice_scorer: scoring.SharedContextScorer | None = None  # multiple choice, optional
+    baseline_scorer: scoring.BatchedScorer | None = None  # the untrained model, optional
     generate: Callable[..., list[list[int]]] | None = None  # decoding suites
     detokenize: Callable[[Sequence[int]], str] | None = None
 
@@ -157,33 +158,54 @@ class TextLMSuite:
     """
 
     def __init__(self, inputs_fn: InputsFn = gin.REQUIRED, name: str = "text_lm",
-                 context: int = 0, position_curve: bool = False, min_curve_tokens: int = 64):
+                 context: int = 0, position_curve: bool = False, min_curve_tokens: int = 64,
+                 compare_untrained: bool = False):
         self.inputs_fn = inputs_fn
         self.name = name
         self.context = context
         self.position_curve = position_curve
         self.min_curve_tokens = min_curve_tokens
+        self.compare_untrained = compare_untrained
 
     def run(self, ctx: Context) -> SuiteResult:
         start = time.perf_counter()
         docs = [d for d in self.inputs_fn() if d["token_ids"]]
         if not docs:
             raise ValueError(f"{self.name}: inputs_fn returned no non-empty documents")
-        log = report.SampleLog(ctx.out_dir, self.name, report.fingerprint(
-            "text_lm", ctx.scorer.max_length, self.context, self.position_curve,
+        samples, n_new, n_req = self._score_docs(ctx.scorer, docs, self.name, ctx)
+        baseline = None
+        if self.compare_untrained and ctx.baseline_scorer is not None:
+            base, b_new, b_req = self._score_docs(ctx.baseline_scorer, docs,
+                                                  f"{self.name}_untrained", ctx)
+            baseline = lm_metrics.aggregate(base)
+            n_new, n_req = n_new + b_new, n_req + b_req
+        metrics = self._metrics(samples)
+        if baseline is not None:
+            metrics["untrained"] = {k: baseline[k] for k in (
+                "bits_per_byte", "token_perplexity", "nll_per_token")}
+        config = {"max_length": ctx.scorer.max_length, "context": self.context,
+                  "num_documents": len(docs), "batch_size": ctx.scorer.batch_size,
+                  "compared_with_untrained": baseline is not None}
+        return SuiteResult(self.name, metrics, config, self._sections(metrics),
+                           _timing(start, n_new, n_req))
+
+    def _score_docs(self, scorer: scoring.BatchedScorer, docs: list[dict[str, Any]], log_name: str,
+                    ctx: Context) -> tuple[list[dict[str, Any]], int, int]:
+        """Per-document samples (resumable through `samples_<log_name>.jsonl`)."""
+        log = report.SampleLog(ctx.out_dir, log_name, report.fingerprint(
+            "text_lm", scorer.max_length, self.context, self.position_curve,
             [(d["sample_id"], d["token_ids"]) for d in docs]))
         todo = [d for d in docs if d["sample_id"] not in log.done]
         requests, owner = [], []
         for di, d in enumerate(todo):
-            windows = scoring.rolling_requests(d["token_ids"], ctx.scorer.max_length,
-                                               self.context)
+            windows = scoring.rolling_requests(d["token_ids"], scorer.max_length, self.context)
             for wi, w in enumerate(windows):
                 keep = self.position_curve and wi == 0
                 requests.append(dataclasses.replace(w, keep_token_scores=keep))
                 owner.append((di, wi, len(windows)))
         acc: dict[int, dict[int, scoring.Score]] = {}
-        with _progress(ctx.scorer.num_batches(requests), self.name, ctx.progress) as bar:
-            for idx, scores in ctx.scorer.iter_scores(requests):
+        with _progress(scorer.num_batches(requests), log_name, ctx.progress) as bar:
+            for idx, scores in scorer.iter_scores(requests):
                 finished = []
                 for i, s in zip(idx, scores):
                     di, wi, nw = owner[i]
@@ -192,7 +214,9 @@ class TextLMSuite:
                         finished.append(di)
                 log.append(self._sample(todo[di], acc.pop(di)) for di in finished)
                 bar.update(1)
-        samples = [log.done[d["sample_id"]] for d in docs]
+        return [log.done[d["sample_id"]] for d in docs], len(todo), len(requests)
+
+    def _metrics(self, samples: list[dict[str, Any]]) -> dict[str, Any]:
         metrics = lm_metrics.aggregate(samples)
         curve_docs = [s["first_window_nll"] for s in samples
                       if s.get("first_window_nll") and
@@ -204,10 +228,7 @@ class TextLMSuite:
             metrics["nll_by_position"] = {"num_documents": len(curve_docs),
                                           "cumulative_nll": cum.round(5).tolist(),
                                           "power_law_fit": fit}
-        config = {"max_length": ctx.scorer.max_length, "context": self.context,
-                  "num_documents": len(docs), "batch_size": ctx.scorer.batch_size}
-        return SuiteResult(self.name, metrics, config, self._sections(metrics),
-                           _timing(start, len(todo), len(requests)))
+        return metrics
 
     @staticmethod
     def _sample(d: Mapping[str, Any], windows: Mapping[int, scoring.Score]) -> dict[str, Any]:
@@ -224,12 +245,19 @@ class TextLMSuite:
         }
 
     def _sections(self, m: Mapping[str, Any]) -> list[Section]:
-        table = Table(("metric", "value"), [
-            ("bits per byte", m["bits_per_byte"]), ("token perplexity", m["token_perplexity"]),
-            ("NLL per token (nats)", m["nll_per_token"]), ("documents", m["n"]),
-            ("tokens", m["num_tokens"]), ("bytes", m["num_bytes"])])
+        u = m.get("untrained")
+        rows = [(name, m[key]) + ((u[key],) if u else ()) for name, key in (
+            ("bits per byte", "bits_per_byte"), ("token perplexity", "token_perplexity"),
+            ("NLL per token (nats)", "nll_per_token"))]
+        rows += [(name, m[key]) + (("",) if u else ()) for name, key in (
+            ("documents", "n"), ("tokens", "num_tokens"), ("bytes", "num_bytes"))]
+        table = Table(("metric", "this checkpoint") + (("untrained model",) if u else ()), rows)
         paragraphs = ["bpb = total NLL in nats / (UTF-8 bytes × ln 2); "
                       "perplexity = exp(total NLL / scored tokens)."]
+        if u:
+            verdict = "below" if m["bits_per_byte"] < u["bits_per_byte"] else "NOT below"
+            paragraphs.append(f"Held-out bpb {m['bits_per_byte']:.4f} is {verdict} the untrained "
+                              f"model's {u['bits_per_byte']:.4f} (same architecture, init seed).")
         figures = []
         curve = m.get("nll_by_position")
         if curve:
