@@ -123,6 +123,19 @@ class VisionEncoder(nn.Module):
                             self.param_dtype, name="stack")(x, valid)
 
 
+def normalize_log_mel(mel: jax.Array, frame_ok: jax.Array) -> jax.Array:
+    """Natural-log mel [N, T, mels] -> Whisper's input scale, per clip.
+
+    As Whisper's front end: log10, floor at 8 decades (80 dB) below the clip's
+    loudest bin, then (x + 4) / 4, which puts speech roughly in [-1, 1.5] whatever
+    the recording level. Only valid frames (`frame_ok` [N, T]) set the maximum.
+    """
+    x = mel.astype(jnp.float32) / jnp.log(10.0)
+    peak = jnp.max(jnp.where(frame_ok[..., None], x, -jnp.inf), axis=(1, 2), keepdims=True)
+    peak = jnp.where(jnp.isfinite(peak), peak, 0.0)
+    return (jnp.maximum(x, peak - 8.0) + 4.0) / 4.0
+
+
 class AudioEncoder(nn.Module):
     """Log-mel [N, T, mels] + lengths [N] -> conv 4x subsampler -> transformer -> [N, S, D]."""
     cfg: AudioEncoderConfig
@@ -139,7 +152,8 @@ class AudioEncoder(nn.Module):
                              f"num_mels={cfg.num_mels}; fix the data pipeline or the preset")
         # Zero frames past each clip's length so padding never leaks into valid slots.
         frame_ok = jnp.arange(t)[None, :] < lengths[:, None]
-        x = jnp.where(frame_ok[..., None], mel.astype(self.dtype), 0)[..., None]
+        x = jnp.where(frame_ok[..., None], normalize_log_mel(mel, frame_ok), 0)
+        x = x.astype(self.dtype)[..., None]
         for i in range(2):
             x = nn.Conv(cfg.conv_channels, (3, 3), strides=(2, 2), padding="SAME",
                         dtype=self.dtype, param_dtype=self.param_dtype,
