@@ -12,7 +12,7 @@ export JAX_PLATFORMS ?= cpu
 
 $(VENV)/.installed: requirements.txt requirements.lock
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet pip==25.3
 	$(PY) -m pip install --quiet -r requirements.txt -c requirements.lock
 	touch $@
 
