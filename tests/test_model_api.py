@@ -10,7 +10,10 @@ from model.config import model_config
 from model.models import DecoderOnlyModel
 
 
-def text_batch(b=2, length=32, vocab=8192, seed=0):
+TEXT_ONLY = {"vocab_size": 512, "image": None, "video": None, "audio": None}
+
+
+def text_batch(b=2, length=32, vocab=512, seed=0):
     rng = np.random.default_rng(seed)
     toks = rng.integers(20, vocab, (b, length)).astype(np.int32)
     seg = np.ones((b, length), np.int32)
@@ -25,7 +28,7 @@ def text_batch(b=2, length=32, vocab=8192, seed=0):
 
 @pytest.mark.parametrize("preset", ["tiny", "tiny_moe"])
 def test_init_loss_score(preset):
-    model = DecoderOnlyModel(model_config(preset, {"num_layers": 2}))
+    model = DecoderOnlyModel(model_config(preset, {"num_layers": 2, "vocab_size": 512}))
     batch = text_batch()
     params = model.init(jax.random.PRNGKey(0), batch)
     # Every parameter is boxed with logical axis names of the right rank.
@@ -40,7 +43,7 @@ def test_init_loss_score(preset):
                 "num_tokens"):
         assert key in metrics
     assert float(metrics["num_tokens"]) == batch["decoder_loss_weights"].sum()
-    assert np.isfinite(float(loss)) and 8.0 < float(metrics["cross_entropy"]) < 11.0
+    assert np.isfinite(float(loss)) and 5.0 < float(metrics["cross_entropy"]) < 8.0  # ~ln 512
     logp = model.score_batch(params, batch)
     assert logp.shape == (2, 32) and logp.dtype == jnp.float32
     w = batch["decoder_loss_weights"]
@@ -51,7 +54,7 @@ def test_init_loss_score(preset):
 
 
 def test_loss_falls_with_sgd():
-    model = DecoderOnlyModel(model_config("tiny", {"num_layers": 1}))
+    model = DecoderOnlyModel(model_config("tiny", {"num_layers": 1, **TEXT_ONLY}))
     batch = text_batch()
     params = nn.unbox(model.init(jax.random.PRNGKey(1), batch))
     step = jax.jit(lambda p: jax.value_and_grad(lambda q: model.loss_fn(q, batch)[0])(p))
@@ -64,7 +67,7 @@ def test_loss_falls_with_sgd():
 
 def test_packed_segments_are_independent():
     """Row 1's second document scores the same alone as when packed."""
-    model = DecoderOnlyModel(model_config("tiny", {"num_layers": 1}))
+    model = DecoderOnlyModel(model_config("tiny", {"num_layers": 1, **TEXT_ONLY}))
     batch = text_batch()
     params = model.init(jax.random.PRNGKey(0), batch)
     packed = model.score_batch(params, batch)[1, 16:29]
@@ -87,8 +90,7 @@ def test_gin_tiny_and_bad_override():
 
 @pytest.mark.parametrize("tied", [False, True])
 def test_chunked_loss_equals_full(tied):
-    over = {"vocab_size": 300, "num_layers": 1, "tie_embeddings": tied, "image": None,
-            "video": None, "audio": None}
+    over = {**TEXT_ONLY, "vocab_size": 300, "num_layers": 1, "tie_embeddings": tied}
     full = DecoderOnlyModel(model_config("tiny", over))
     chunked = DecoderOnlyModel(model_config("tiny", {**over, "loss_chunk": 24}))  # 64 % 24 != 0
     batch = text_batch(vocab=300)
