@@ -16,7 +16,6 @@ import jax.numpy as jnp
 Dtype = Any
 
 default_init = nn.initializers.lecun_normal()
-embed_init = nn.initializers.normal(stddev=1.0)
 
 
 def dtype_of(name: str) -> jnp.dtype:
@@ -56,9 +55,11 @@ class Embed(nn.Module):
     features: int
     dtype: Dtype = jnp.float32
     param_dtype: Dtype = jnp.float32
+    init_std: float = 1.0  # use features**-0.5 when tied, so initial logits are O(1)
 
     def setup(self) -> None:
-        self.embedding = param_with_axes(self, "embedding", embed_init,
+        self.embedding = param_with_axes(self, "embedding",
+                                         nn.initializers.normal(stddev=self.init_std),
                                          (self.vocab_size, self.features), ("vocab", "embed"),
                                          self.param_dtype)
 

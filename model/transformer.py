@@ -93,7 +93,8 @@ class Transformer(nn.Module):
         """
         cfg = self.config
         dtype, pdtype = jnp.dtype(cfg.dtype), jnp.dtype(cfg.param_dtype)
-        embed = Embed(cfg.vocab_size, cfg.d_model, dtype, pdtype, name="embed")
+        embed = Embed(cfg.vocab_size, cfg.d_model, dtype, pdtype,
+                      init_std=cfg.d_model ** -0.5 if cfg.tie_embeddings else 1.0, name="embed")
         x = embed(tokens)
         if cfg.scale_embeddings:
             x = x * jnp.asarray(cfg.d_model ** 0.5, dtype)

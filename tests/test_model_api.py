@@ -26,9 +26,14 @@ def text_batch(b=2, length=32, vocab=512, seed=0):
                 decoder_loss_weights=w, decoder_segment_ids=seg, decoder_positions=pos)
 
 
-@pytest.mark.parametrize("preset", ["tiny", "tiny_moe"])
-def test_init_loss_score(preset):
-    model = DecoderOnlyModel(model_config(preset, {"num_layers": 2, "vocab_size": 512}))
+@pytest.mark.parametrize("preset,over", [
+    ("tiny", {}), ("tiny_moe", {}),
+    # parallel attention+FFN, tied embeddings, multi-query attention, shared expert, remat
+    ("tiny_moe", {"parallel_block": True, "tie_embeddings": True, "num_kv_heads": 1,
+                  "moe.num_shared_experts": 1, "remat": "full", "image": None,
+                  "video": None, "audio": None})])
+def test_init_loss_score(preset, over):
+    model = DecoderOnlyModel(model_config(preset, {"num_layers": 2, "vocab_size": 512, **over}))
     batch = text_batch()
     params = model.init(jax.random.PRNGKey(0), batch)
     # Every parameter is boxed with logical axis names of the right rank.
