@@ -96,7 +96,9 @@ class VisionEncoderConfig:
 
     Slots per image K = (image_size // patch_size) ** 2; for video
     K = num_frames * (image_size // patch_size) ** 2 with a learned temporal
-    position per frame.
+    position per frame. With `frame_differences` (video only), each frame's patch
+    embedding also sees the frame minus the previous one, so motion is in every
+    token rather than left for attention to infer across frames (two-stream style).
     """
     image_size: int = 64
     patch_size: int = 16
@@ -105,6 +107,11 @@ class VisionEncoderConfig:
     num_heads: int = 2
     mlp_dim: int = 128
     num_frames: int = 1  # > 1 only for the video encoder
+    frame_differences: bool = True  # video: motion channels next to RGB (ignored for images)
+
+    @property
+    def input_channels(self) -> int:
+        return 6 if self.num_frames > 1 and self.frame_differences else 3
 
     def __post_init__(self) -> None:
         _check_positive("VisionEncoderConfig", self, "image_size", "patch_size", "width",

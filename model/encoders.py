@@ -105,6 +105,10 @@ class VisionEncoder(nn.Module):
                 "data pipeline or change the model preset's image/video config")
         p, g = cfg.patch_size, cfg.image_size // cfg.patch_size
         x = frames.astype(self.dtype) / 127.5 - 1.0
+        if cfg.input_channels > c:  # video: append frame t - frame t-1 (zero for the first)
+            previous = jnp.concatenate([x[:, :1], x[:, :-1]], axis=1)
+            x = jnp.concatenate([x, x - previous], axis=-1)
+            c = x.shape[-1]
         x = x.reshape(n, f, g, p, g, p, c).transpose(0, 1, 2, 4, 3, 5, 6)
         x = x.reshape(n, f, g * g, p * p * c)
         x = DenseGeneral((cfg.width,), (None, "embed"), self.dtype, self.param_dtype,

@@ -21,7 +21,7 @@ def _encoder_stack(width: int, depth: int, mlp: int, out_dim: int) -> int:
 
 def vision_params(cfg: VisionEncoderConfig, out_dim: int) -> int:
     g = cfg.image_size // cfg.patch_size
-    n = cfg.patch_size ** 2 * 3 * cfg.width + g * g * cfg.width
+    n = cfg.patch_size ** 2 * cfg.input_channels * cfg.width + g * g * cfg.width
     if cfg.num_frames > 1:
         n += cfg.num_frames * cfg.width
     return n + _encoder_stack(cfg.width, cfg.depth, cfg.mlp_dim, out_dim)

@@ -3,9 +3,8 @@
     tapestry_demo = captions + spoken digits + video QA (open-ended and multiple
                     choice) + interleaved documents + text LM (books or generated)
 
-Rates are proportional, in examples. Speech gets the largest share:
-transcribing digits from log-mel frames is the hardest of the demo's skills for a
-tiny model. Text-LM and interleaved examples are long (a text example fills most
+Rates are proportional, in examples, balanced over the three media skills
+(captions, digits, video direction) by how slowly each was learned in trial runs. Text-LM and interleaved examples are long (a text example fills most
 of a 256-token row), so small rates still give them a fair share of tokens:
 with these rates text is about a sixth of the tokens trained on.
 """
@@ -14,10 +13,10 @@ from tasks import multimodal
 
 DEMO_MIXTURE = "tapestry_demo"
 DEMO_RATES = {
-    "tapestry_mm_captions": 1.0,
-    "tapestry_mm_speech_manifest": 2.5,
-    "tapestry_mm_nextqa": 0.75,
-    "tapestry_mm_activitynet_qa": 0.75,
+    "tapestry_mm_captions": 1.5,
+    "tapestry_mm_speech_manifest": 1.5,
+    "tapestry_mm_nextqa": 1.0,
+    "tapestry_mm_activitynet_qa": 1.0,
     "tapestry_mm_interleaved": 0.25,
     multimodal.TEXT_LM_TASK: 0.2,
 }
