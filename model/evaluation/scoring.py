@@ -144,6 +144,15 @@ def build_batch(rows: Sequence[tuple[list[int], list[int], int]], length: int, b
     return batch
 
 
+def in_request_order(batches: Iterator[tuple[Sequence[int], Sequence[Score]]], n: int) -> list[Score]:
+    """(request indices, scores) batches, as `iter_scores` yields them -> scores in request order."""
+    result: list[Score | None] = [None] * n
+    for idx, scores in batches:
+        for i, s in zip(idx, scores):
+            result[i] = s
+    return result  # type: ignore[return-value]
+
+
 class BatchedScorer:
     """Scores requests with `score_fn`, `batch_size` rows per call, bucketed lengths."""
 
@@ -180,11 +189,7 @@ class BatchedScorer:
 
     def score(self, requests: Sequence[Request]) -> list[Score]:
         """Scores of all requests, in request order."""
-        result: list[Score | None] = [None] * len(requests)
-        for idx, scores in self.iter_scores(requests):
-            for i, s in zip(idx, scores):
-                result[i] = s
-        return result  # type: ignore[return-value]
+        return in_request_order(self.iter_scores(requests), len(requests))
 
     def num_batches(self, requests: Sequence[Request]) -> int:
         return -(-len(requests) // self.batch_size)
@@ -269,11 +274,8 @@ class SharedContextScorer:
         return rows
 
     def score(self, requests: Sequence[Request]) -> list[Score]:
-        result: list[Score | None] = [None] * len(requests)
-        for idx, scores in self.iter_scores(requests):
-            for i, s in zip(idx, scores):
-                result[i] = s
-        return result  # type: ignore[return-value]
+        """Scores of all requests, in request order."""
+        return in_request_order(self.iter_scores(requests), len(requests))
 
     def num_batches(self, requests: Sequence[Request]) -> int:
         return -(-len(self._rows(requests)) // self.batch_size)
