@@ -13,10 +13,10 @@ from tasks import multimodal
 
 DEMO_MIXTURE = "tapestry_demo"
 DEMO_RATES = {
-    "tapestry_mm_captions": 1.5,
-    "tapestry_mm_speech_manifest": 1.5,
+    "tapestry_mm_captions": 2.0,
+    "tapestry_mm_speech_manifest": 1.3,
     "tapestry_mm_nextqa": 1.0,
-    "tapestry_mm_activitynet_qa": 1.0,
+    "tapestry_mm_activitynet_qa": 0.6,
     "tapestry_mm_interleaved": 0.25,
     multimodal.TEXT_LM_TASK: 0.2,
 }
