@@ -31,6 +31,7 @@ BOOKS := $(wildcard $(TAPESTRY_DATA_DIR)/text/gutenberg/*-0.txt)
 DEMO_MEDIA := --image_size=32 --image_patch_size=8 --video_frame_size=32 --video_patch_size=16 \
 	--max_video_frames=4 --max_audio_seconds=2.5
 DEMO_REPORT := $(DEMO_DIR)/report/report.html
+DEMO_SPLITS := train,validation,test  # a variable: a literal comma would split $(call) arguments
 
 # $(call stage,NAME,WHAT,COMMAND): announce, run, report wall time.
 stage = @echo "==> [$(1)] $(2)"; start=$$(date +%s); $(3) || exit 1; \
@@ -42,7 +43,7 @@ demo: venv $(DEMO_REPORT)
 $(DEMO_DIR)/corpus/test/corpus_info.json: | venv
 	$(call stage,generate,corpus of shapes / motion videos / spoken digits / interleaved docs / text \
 	  ($(if $(BOOKS),text from the books in $(TAPESTRY_DATA_DIR),no data dir: generated text)), \
-	  $(PY) -m pipelines.generate_corpus --output_dir=$(DEMO_DIR)/corpus --split=train,validation,test \
+	  $(PY) -m pipelines.generate_corpus --output_dir=$(DEMO_DIR)/corpus --split=$(DEMO_SPLITS) \
 	  $(if $(BOOKS),--books $(BOOKS)))
 
 $(DEMO_DIR)/cache/DONE: $(DEMO_DIR)/corpus/test/corpus_info.json
