@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import os
 import pathlib
 import shutil
 import signal
@@ -97,6 +98,8 @@ def _manager(directory: pathlib.Path, cfg: CheckpointConfig | None = None,
     state_handler = (ocp.PyTreeCheckpointHandler() if read_only
                      else ocp.StandardCheckpointHandler())
     handlers = {STATE: state_handler, DATA: ocp.JsonCheckpointHandler()}
+    if "://" not in str(directory):  # orbax (tensorstore) wants absolute local paths
+        directory = pathlib.Path(os.path.abspath(directory))
     return ocp.CheckpointManager(directory, options=options, item_handlers=handlers)
 
 
