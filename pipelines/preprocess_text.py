@@ -16,9 +16,14 @@ chunk is one example; a deterministic hash of (document id, chunk index) sends
     source_id             string     "<document id>#<chunk index>"
     source_path           string     the file it came from
 
-The tokenizer is loaded once per worker in `DoFn.setup()`. Local runs use the
-FnApiRunner in parallel processes (pipelines/beam_options.py); any other runner
-is chosen by the standard `--runner` flags.
+The job is three steps: plan line-aligned byte ranges of each file
+(text_io.plan_ranges; a large JSONL file becomes many), shuffle the range
+descriptions across workers, then read, chunk, tokenize and write each range
+in one fused step, so that no text passes through a shuffle. The tokenizer is
+loaded once per worker in `DoFn.setup()` and encodes a range's chunks as one
+batch. Local runs use the FnApiRunner in parallel processes
+(pipelines/beam_options.py); any other runner is chosen by the standard
+`--runner` flags.
 """
 
 from __future__ import annotations
@@ -32,8 +37,6 @@ import time
 from typing import Iterator, Sequence
 
 import apache_beam as beam
-import numpy as np
-from apache_beam.io import fileio
 
 from pipelines import beam_options, seqio_cache, special_tokens, text_io
 
@@ -52,20 +55,24 @@ def assign_split(source_id: str, validation_fraction: float, train_split: str) -
     return "validation" if int.from_bytes(digest, "little") < validation_fraction * 2**64 else train_split
 
 
-def chunk_documents(readable_file, max_chars: int) -> Iterator[dict]:
-    """One file -> chunk records {source_id, source_path, text}."""
-    path = readable_file.metadata.path
-    for doc_id, text in text_io.read_documents_from_file(path, readable_file.read()):
+def chunk_range(r: text_io.ReadRange, max_chars: int) -> Iterator[dict]:
+    """One range of a file -> chunk records {source_id, source_path, text}."""
+    for doc_id, text in text_io.read_range_documents(r):
         for i, chunk in enumerate(text_io.split_into_chunks(text, max_chars)):
             if chunk.strip():
-                yield {"source_id": f"{doc_id}#{i}", "source_path": path, "text": chunk}
+                yield {"source_id": f"{doc_id}#{i}", "source_path": r.path, "text": chunk}
 
 
-class TokenizeDoFn(beam.DoFn):
-    """Chunk records -> examples with `targets`; batched for SentencePiece."""
+class EncodeRangeDoFn(beam.DoFn):
+    """A range of a file -> examples, each sent to the output named by its split.
 
-    def __init__(self, vocab_path: str):
-        self._vocab_path = vocab_path
+    Reading, chunking and tokenizing happen in one step, so only the small range
+    descriptions are shuffled; the range's chunks are encoded as one batch.
+    """
+
+    def __init__(self, vocab_path: str, max_chars: int, validation_fraction: float, train_split: str):
+        self._vocab_path, self._max_chars = vocab_path, max_chars
+        self._validation_fraction, self._train_split = validation_fraction, train_split
 
     def setup(self):
         import sentencepiece as spm  # pylint: disable=g-import-not-at-top
@@ -73,16 +80,18 @@ class TokenizeDoFn(beam.DoFn):
         self._sp = spm.SentencePieceProcessor(model_file=self._vocab_path)
         self._tokens = beam.metrics.Metrics.counter("preprocess_text", "tokens")
 
-    def process(self, batch: list[dict]):
-        for record, ids in zip(batch, self._sp.encode([r["text"] for r in batch])):
+    def process(self, r: text_io.ReadRange):
+        records = list(chunk_range(r, self._max_chars))
+        for record, ids in zip(records, self._sp.encode([rec["text"] for rec in records])):
             ids = special_tokens.escape_reserved_ids(ids)
             self._tokens.inc(len(ids))
-            yield {
-                "targets": np.asarray(ids, dtype=np.int32),
+            split = assign_split(record["source_id"], self._validation_fraction, self._train_split)
+            yield beam.pvalue.TaggedOutput(split, {
+                "targets": ids,
                 "targets_pretokenized": record["text"],
                 "source_id": record["source_id"],
                 "source_path": record["source_path"],
-            }
+            })
 
 
 class PreprocessText(beam.PTransform):
@@ -93,12 +102,12 @@ class PreprocessText(beam.PTransform):
 
     def __init__(self, inputs: Sequence[str], cache_dir: str, task: str, vocab: str = DEFAULT_VOCAB, *,
                  split: str = "train", validation_fraction: float = 0.0, max_chars: int = 4000,
-                 num_shards: int = 0):
+                 num_shards: int = 0, range_bytes: int = text_io.RANGE_BYTES):
         super().__init__()
         self._files = text_io.expand_patterns(inputs)
         self._cache_dir, self._task, self._vocab = cache_dir, task, vocab
         self._split, self._validation_fraction = split, validation_fraction
-        self._max_chars, self._num_shards = max_chars, num_shards
+        self._max_chars, self._num_shards, self._range_bytes = max_chars, num_shards, range_bytes
 
     def expand(self, pbegin):
         split, fraction = self._split, self._validation_fraction
@@ -106,19 +115,15 @@ class PreprocessText(beam.PTransform):
         examples = (
             pbegin
             | "Files" >> beam.Create(self._files)
-            | "Match" >> fileio.MatchAll()
-            | "Open" >> fileio.ReadMatches()
-            | "Chunk" >> beam.FlatMap(chunk_documents, self._max_chars)
+            | "PlanRanges" >> beam.FlatMap(text_io.plan_ranges, self._range_bytes)
             | "Reshuffle" >> beam.Reshuffle()
-            | "Batch" >> beam.BatchElements(min_batch_size=8, max_batch_size=256)
-            | "Tokenize" >> beam.ParDo(TokenizeDoFn(self._vocab))
+            | "Encode" >> beam.ParDo(EncodeRangeDoFn(self._vocab, self._max_chars, fraction, split))
+            .with_outputs(*splits)
         )
-        by_split = examples | "Split" >> beam.Partition(
-            lambda ex, n: splits.index(assign_split(ex["source_id"], fraction, split)), len(splits))
         return {
-            name: by_split[i] | f"Write_{name}" >> seqio_cache.WriteSeqioCache(
+            name: examples[name] | f"Write_{name}" >> seqio_cache.WriteSeqioCache(
                 self._cache_dir, self._task, name, TEXT_FEATURES, num_shards=self._num_shards)
-            for i, name in enumerate(splits)
+            for name in splits
         }
 
 

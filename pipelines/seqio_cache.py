@@ -41,6 +41,7 @@ SEQIO_VERSION_TAG = "0.0.20"  # info.json "seqio_version": dtypes are stored as 
 _INT_DTYPES = ("int32", "int64", "bool")
 _FLOAT_DTYPES = ("float32",)
 _DTYPES = _INT_DTYPES + _FLOAT_DTYPES + ("string",)
+_FILES = "_files_written"  # counted alongside the stats, removed before they are written
 
 
 @dataclasses.dataclass(frozen=True)
@@ -78,10 +79,19 @@ def to_tf_example(example: Mapping[str, Any], features: Mapping[str, FeatureSpec
             values = [value] if isinstance(value, (bytes, str)) else list(value)
             feature.bytes_list.value.extend(v.encode("utf-8") if isinstance(v, str) else bytes(v) for v in values)
         elif spec.dtype in _INT_DTYPES:
-            feature.int64_list.value.extend(np.asarray(value, dtype=np.int64).reshape(-1).tolist())
+            feature.int64_list.value.extend(_flat_ints(value))
         else:
             feature.float_list.value.extend(np.asarray(value, dtype=np.float32).reshape(-1).tolist())
     return proto.SerializeToString()
+
+
+def _is_id_list(value) -> bool:
+    """A flat list of Python ints (token ids), used as is: no numpy round trip."""
+    return isinstance(value, list) and (not value or type(value[0]) is int)
+
+
+def _flat_ints(value) -> list[int]:
+    return value if _is_id_list(value) else np.asarray(value, dtype=np.int64).reshape(-1).tolist()
 
 
 def _example_stats(
@@ -91,7 +101,8 @@ def _example_stats(
 ) -> dict[str, float]:
     stats = {"examples": 1}
     for name in token_features:
-        stats[f"{name}_tokens"] = int(np.size(example[name]))
+        value = example[name]
+        stats[f"{name}_tokens"] = len(value) if _is_id_list(value) else int(np.size(value))
     if extra_stats is not None:
         stats.update(extra_stats(example))
     return stats
@@ -184,26 +195,26 @@ class WriteSeqioCache(beam.PTransform):
                 shard_name_template="-SSSSS-of-NNNNN",
             )
         )
-        stats = (
-            examples
-            | "ExampleStats" >> beam.Map(_example_stats, self._token_features, self._extra_stats)
-            | "SumStats" >> beam.CombineGlobally(_SumAndMaxStats())
-        )
+        # One combine sums the example stats and counts the written files: the count
+        # orders finalisation after the TFRecord write, in one stage, with no side input.
+        stats = examples | "ExampleStats" >> beam.Map(_example_stats, self._token_features, self._extra_stats)
+        files = written | "FileStats" >> beam.Map(lambda _: {_FILES: 1})
         info = self.info()
 
-        def finalize(file_count, stats):
-            # file_count orders this step after the TFRecord write; with num_shards=0 the
-            # runner chose the shard count, so info records what was written.
-            if not info["num_shards"]:
-                info["num_shards"] = file_count
+        def finalize(stats):
             stats = {"examples": 0, **stats}
+            file_count = stats.pop(_FILES)
+            if not info["num_shards"]:  # the runner chose the shard count: record what was written
+                info["num_shards"] = file_count
             _write_text(os.path.join(task_dir, f"info.{split}.json"), json.dumps(info, indent=2))
             _write_text(os.path.join(task_dir, f"stats.{split}.json"), json.dumps(stats, indent=2))
             _write_text(os.path.join(task_dir, "COMPLETED"), "")
             return stats
 
+        # The write always yields at least one file, so the combine always has an output.
         return (
-            written
-            | "CountFiles" >> beam.combiners.Count.Globally()
-            | "Finalize" >> beam.Map(finalize, stats=beam.pvalue.AsSingleton(stats))
+            (stats, files)
+            | "Merge" >> beam.Flatten()
+            | "SumStats" >> beam.CombineGlobally(_SumAndMaxStats()).without_defaults()
+            | "Finalize" >> beam.Map(finalize)
         )

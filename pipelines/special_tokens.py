@@ -48,6 +48,7 @@ MODALITY_IDS = {
 NEWLINE_ID = SYMBOL_IDS["\n"]
 FIRST_BYTE_ID = 3 + len(USER_DEFINED_SYMBOLS)  # <0x00>
 NUM_RESERVED = FIRST_BYTE_ID + 256  # ids below this are never learned pieces
+_SYMBOL_ID_SET = frozenset(range(3, NEWLINE_ID))  # the symbols escape_reserved_ids replaces
 
 
 def escape_reserved_ids(ids: list[int]) -> list[int]:
@@ -58,7 +59,7 @@ def escape_reserved_ids(ids: list[int]) -> list[int]:
     Text is always encoded through this; only the interleaver emits real
     placeholder and marker ids. Decoding the result gives the text back.
     """
-    if not any(3 <= i < NEWLINE_ID for i in ids):
+    if _SYMBOL_ID_SET.isdisjoint(ids):
         return ids
     out = []
     for i in ids:

@@ -91,3 +91,46 @@ def test_missing_input_is_a_clear_error(tmp_path, capsys):
 def test_unknown_task_names_the_nearest(cache):
     with pytest.raises(ValueError, match="did you mean.*tapestry_text_test"):
         next(seqio_input.get_dataset(DatasetConfig(mixture_or_task_name="tapestry_text_tset")))
+
+
+def test_ranges_split_jsonl_at_lines_and_keep_line_numbers(tmp_path):
+    lines = [json.dumps({"text": f"line {i} " + "x" * (i % 7)}) if i % 5 else "" for i in range(1, 60)]
+    path = tmp_path / "docs.jsonl"
+    path.write_text("\n".join(lines))  # no newline after the last line
+    whole = list(text_io.read_documents_from_file(str(path), path.read_bytes()))
+    ranges = list(text_io.plan_ranges(str(path), range_bytes=64))
+    assert len(ranges) > 5
+    assert [r.start for r in ranges[1:]] == [r.end for r in ranges[:-1]]
+    assert ranges[0].start == 0 and ranges[-1].end == path.stat().st_size
+    assert all(path.read_bytes()[r.end - 1:r.end] == b"\n" for r in ranges[:-1])
+    assert [d for r in ranges for d in text_io.read_range_documents(r)] == whole
+    assert whole[0] == ("docs.jsonl:1", json.loads(lines[0])["text"])
+
+
+def test_plain_text_and_compressed_files_are_one_range(tmp_path):
+    import gzip
+
+    (tmp_path / "book.txt").write_text("a\n" * 100)
+    with gzip.open(tmp_path / "poem.txt.gz", "wt") as f:
+        f.write("zipped\n" * 100)
+    assert list(text_io.plan_ranges(str(tmp_path / "book.txt"), range_bytes=8)) == [
+        text_io.ReadRange(str(tmp_path / "book.txt"))]
+    [r] = text_io.plan_ranges(str(tmp_path / "poem.txt.gz"), range_bytes=8)
+    assert list(text_io.read_range_documents(r)) == [("poem.txt.gz", "zipped\n" * 100)]
+
+
+def test_an_empty_split_still_gets_info_stats_and_completed(tmp_path):
+    import apache_beam as beam
+
+    from pipelines import seqio_cache
+
+    options = beam.options.pipeline_options.PipelineOptions(
+        ["--runner=apache_beam.runners.portability.fn_api_runner.FnApiRunner"])
+    with beam.Pipeline(options=options) as p:
+        _ = (p | beam.Create([]).with_output_types(dict)
+             | seqio_cache.WriteSeqioCache(str(tmp_path), "empty", "validation", preprocess_text.TEXT_FEATURES,
+                                           num_shards=0))
+    task_dir = tmp_path / "empty"
+    assert json.loads((task_dir / "stats.validation.json").read_text()) == {"examples": 0}
+    assert json.loads((task_dir / "info.validation.json").read_text())["num_shards"] == 1
+    assert (task_dir / "COMPLETED").exists()
