@@ -24,7 +24,7 @@ import time
 import jax
 import numpy as np
 
-from model import eval as eval_lib
+from model import eval as eval_lib, host_malloc
 from model.config import model_config
 from model.evaluation import mmlu as mmlu_metrics, scoring
 from model.models import DecoderOnlyModel
@@ -116,4 +116,5 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
+    host_malloc.reexec_with_malloc_settings()
     sys.exit(main())

@@ -50,6 +50,7 @@ import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 import optax  # noqa: E402
 
+from model import host_malloc  # noqa: E402
 from model.config import model_config  # noqa: E402
 from model.models import DecoderOnlyModel  # noqa: E402
 
@@ -240,4 +241,5 @@ def main(argv=None) -> None:
 
 
 if __name__ == "__main__":
+    host_malloc.reexec_with_malloc_settings()
     main()

@@ -34,6 +34,7 @@ import gin  # noqa: E402
 import jax  # noqa: E402
 
 from model import train as train_lib  # noqa: E402
+from model import host_malloc  # noqa: E402
 from model.config import model_config  # noqa: E402
 from model.dataset_config import DatasetConfig  # noqa: E402
 from model.metric_writers import read_jsonl  # noqa: E402
@@ -165,4 +166,5 @@ def main() -> None:
 
 
 if __name__ == "__main__":
+    host_malloc.reexec_with_malloc_settings()
     main()

@@ -299,11 +299,11 @@ PRESETS: dict[str, TransformerConfig] = {
     "maxtext_dense": TransformerConfig(
         vocab_size=8192, d_model=256, num_layers=4, num_heads=4, num_kv_heads=4, head_dim=64,
         d_ff=1024, rope_base=10000.0, norm_eps=1e-5, tie_embeddings=False, z_loss_coef=0.0,
-        max_len=512, attention_backend="blockwise", block_q=128, block_kv=128),
+        max_len=512, attention_backend="blockwise", block_q=64, block_kv=64),
     "maxtext_moe": TransformerConfig(
         vocab_size=8192, d_model=256, num_layers=4, num_heads=4, num_kv_heads=4, head_dim=64,
         d_ff=1024, rope_base=10000.0, norm_eps=1e-5, tie_embeddings=False, z_loss_coef=0.0,
-        max_len=512, attention_backend="blockwise", block_q=128, block_kv=128,
+        max_len=512, attention_backend="blockwise", block_q=64, block_kv=64,
         moe=MoEConfig(num_experts=8, top_k=2, expert_hidden=512,
                                    capacity_factor_train=1.25, aux_loss_coef=0.01,
                                    router_z_loss_coef=0.0),

@@ -25,7 +25,7 @@ import gin
 import jax
 import numpy as np
 
-from model import checkpointing, gin_flags
+from model import checkpointing, gin_flags, host_malloc
 from model import models  # noqa: F401  - registers DecoderOnlyModel with gin
 from model import train  # noqa: F401  - so experiment gins (train loop included) parse here too
 from model.evaluation import generation  # noqa: F401  - registers GenerationSuite with gin
@@ -49,24 +49,20 @@ def unbox(params: Any) -> Any:
 
 
 def make_score_fn(model: Any, params: Any) -> scoring.ScoreFn:
-    """numpy batch -> numpy [B, L] log-likelihoods, jitted once per batch shape."""
-    jitted = jax.jit(model.score_batch)
-
-    def score(batch: dict[str, np.ndarray]) -> np.ndarray:
-        return np.asarray(jitted(params, batch))
-
-    return score
+    """(numpy batch, positions [B, P]) -> numpy [B, P] log-likelihoods of the targets
+    there; jitted once per shape. Vocabulary logits are computed at those positions only."""
+    jitted = jax.jit(model.score_positions)
+    return lambda batch, positions: np.asarray(jitted(params, batch, positions))
 
 
 def make_candidate_fn(model: Any, params: Any) -> scoring.CandidateFn:
-    """(batch, positions [B, P], ids [B, P, C]) -> log-probs [B, P, C] via `model.logits`
+    """(batch, positions [B, P], ids [B, P, C]) -> log-probs [B, P, C] via `model.logits_at`
     (for `SharedContextScorer`: multiple-choice continuations read from one row)."""
     import jax.numpy as jnp
 
     def f(params, batch, positions, ids):
-        logits, _ = model.logits(params, batch)  # [B, L, V]
-        at = jnp.take_along_axis(logits, positions[..., None], axis=1)  # [B, P, V]
-        return jnp.take_along_axis(jax.nn.log_softmax(at, axis=-1), ids, axis=-1)
+        logp = jax.nn.log_softmax(model.logits_at(params, batch, positions), axis=-1)
+        return jnp.take_along_axis(logp, ids, axis=-1)
 
     jitted = jax.jit(f)
     return lambda batch, positions, ids: np.asarray(jitted(params, batch, positions, ids))
@@ -222,4 +218,5 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
+    host_malloc.reexec_with_malloc_settings()
     sys.exit(main())

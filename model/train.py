@@ -33,7 +33,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from model import gin_flags, metric_writers, partitioning, trainer
+from model import gin_flags, host_malloc, metric_writers, partitioning, trainer
 from model import models  # noqa: F401  - registers DecoderOnlyModel with gin
 from model import synthetic_data  # noqa: F401  - registers synthetic_dataset_fn
 from model.checkpointing import CheckpointConfig, Checkpointer
@@ -394,4 +394,5 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
+    host_malloc.reexec_with_malloc_settings()
     sys.exit(main())

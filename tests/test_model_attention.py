@@ -5,6 +5,7 @@ import numpy as np
 import pytest
 
 from model.attention import segment_causal_mask, xla_attention
+from model import blockwise_attention as blockwise_lib
 from model.blockwise_attention import blockwise_attention
 from model.layers import apply_rope, rope_tables
 
@@ -21,9 +22,16 @@ def _inputs(b, t, n, k, h, seed=0):
     return q, kk, v, jnp.asarray(seg)
 
 
+@pytest.fixture(params=["loop", "unrolled"])
+def schedule(request, monkeypatch):
+    """Runs a test under both schedules (the length threshold picks one)."""
+    monkeypatch.setattr(blockwise_lib, "UNROLLED_MAX_LEN", 0 if request.param == "loop" else 10**6)
+    return request.param
+
+
 @pytest.mark.parametrize("t,n,k,bq,bk", [(64, 4, 4, 16, 16), (64, 4, 2, 16, 32),
                                          (50, 4, 1, 16, 8), (32, 2, 2, 64, 64)])
-def test_blockwise_matches_plain(t, n, k, bq, bk):
+def test_blockwise_matches_plain(t, n, k, bq, bk, schedule):
     q, kk, v, seg = _inputs(2, t, n, k, 16)
     plain = lambda q, kk, v: xla_attention(q, kk, v, segment_causal_mask(seg))
     block = lambda q, kk, v: blockwise_attention(q, kk, v, seg, block_q=bq, block_kv=bk)
@@ -34,7 +42,7 @@ def test_blockwise_matches_plain(t, n, k, bq, bk):
         np.testing.assert_allclose(gb, gp, atol=1e-5, rtol=1e-5)
 
 
-def test_packed_rows_do_not_leak():
+def test_packed_rows_do_not_leak(schedule):
     q, kk, v, seg = _inputs(1, 48, 2, 2, 8)
     out = blockwise_attention(q, kk, v, seg, block_q=16, block_kv=16)
     # Changing segment 1's keys/values leaves segments 2 and 3 unchanged.
