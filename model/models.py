@@ -134,6 +134,19 @@ class DecoderOnlyModel:
         return self.module(train=train).apply({"params": params}, tokens, segments, positions,
                                               media_inputs(batch) or None)
 
+    def _hidden(self, params: Params, batch: Batch, train: bool
+                ) -> tuple[jax.Array, list[dict[str, jax.Array]]]:
+        """Final normed hidden states [B, L, D] (no output layer) and MoE metrics."""
+        tokens, segments, positions = _text_inputs(batch)
+        return Transformer(self.config, train=train, return_hidden=True).apply(
+            {"params": params}, tokens, segments, positions, media_inputs(batch) or None)
+
+    def _output_kernel(self, params: Params) -> jax.Array:
+        """The output layer: [D, V], or the tied embedding [V, D]."""
+        kernel = (params["embed"]["embedding"] if self.config.tie_embeddings
+                  else params["logits"]["kernel"])
+        return kernel.value if isinstance(kernel, nn.Partitioned) else kernel
+
     def _ce_parts(self, params: Params, batch: Batch, train: bool):
         """(lse, target_logit, max_logit) [B, L] and MoE metrics; chunked if configured."""
         targets = jnp.asarray(batch["decoder_target_tokens"], jnp.int32)
@@ -141,14 +154,31 @@ class DecoderOnlyModel:
         if not chunk:
             logits, moe_metrics = self.logits(params, batch, train=train)
             return softmax_cross_entropy_parts(logits, targets), moe_metrics
-        tokens, segments, positions = _text_inputs(batch)
-        hidden, moe_metrics = Transformer(self.config, train=train, return_hidden=True).apply(
-            {"params": params}, tokens, segments, positions, media_inputs(batch) or None)
-        tied = self.config.tie_embeddings
-        kernel = params["embed"]["embedding"] if tied else params["logits"]["kernel"]
-        kernel = kernel.value if isinstance(kernel, nn.Partitioned) else kernel
-        parts = chunked_cross_entropy_parts(hidden, kernel, targets, chunk, vocab_major=tied)
+        hidden, moe_metrics = self._hidden(params, batch, train)
+        parts = chunked_cross_entropy_parts(hidden, self._output_kernel(params), targets, chunk,
+                                            vocab_major=self.config.tie_embeddings)
         return parts, moe_metrics
+
+    def logits_at(self, params: Params, batch: Batch, positions: jax.Array) -> jax.Array:
+        """Eval-mode logits [B, P, V] float32 at input positions [B, P] only.
+
+        The output layer runs on the P gathered hidden states instead of all L: for
+        scoring a few continuation tokens per row this is most of the work saved.
+        """
+        hidden, _ = self._hidden(params, batch, train=False)
+        h = jnp.take_along_axis(hidden, jnp.asarray(positions, jnp.int32)[..., None], axis=1)
+        spec = "BPD,VD->BPV" if self.config.tie_embeddings else "BPD,DV->BPV"
+        return jnp.einsum(spec, h, self._output_kernel(params).astype(h.dtype)).astype(
+            jnp.float32)
+
+    def score_positions(self, params: Params, batch: Batch, positions: jax.Array) -> jax.Array:
+        """[B, P] float32 log p(decoder_target_tokens) at positions [B, P] (as score_batch)."""
+        positions = jnp.asarray(positions, jnp.int32)
+        targets = jnp.take_along_axis(jnp.asarray(batch["decoder_target_tokens"], jnp.int32),
+                                      positions, axis=1)
+        lse, target_logit, _ = softmax_cross_entropy_parts(
+            self.logits_at(params, batch, positions), targets)
+        return target_logit - lse
 
     def loss_fn(self, params: Params, batch: Batch, rng: jax.Array | None = None, *,
                 train: bool = True) -> tuple[jax.Array, dict[str, jax.Array]]:

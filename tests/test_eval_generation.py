@@ -23,7 +23,7 @@ def stub_generate(outputs):
 
 
 def _ctx(tmp_path, outputs):
-    return suites.Context(scoring.BatchedScorer(lambda b: None, 16, 1), tmp_path, progress=False,
+    return suites.Context(scoring.BatchedScorer(lambda b, p: None, 16, 1), tmp_path, progress=False,
                           generate=stub_generate(outputs), detokenize=detok)
 
 

@@ -8,9 +8,10 @@ import pytest
 from model.evaluation import report, scoring, suites
 
 
-def token_stub(batch):
+def token_stub(batch, positions):
     """A model stub: log p(target) = -0.01 * target id, independent of position."""
-    return -0.01 * batch["decoder_target_tokens"].astype(np.float32)
+    targets = np.take_along_axis(batch["decoder_target_tokens"], positions, axis=1)
+    return -0.01 * targets.astype(np.float32)
 
 
 def test_make_row_shifts_and_left_truncates():
@@ -40,9 +41,10 @@ def test_batched_scores_equal_one_at_a_time_and_bucket():
                             list(rng.integers(3, 100, rng.integers(1, 4)))) for _ in range(37)]
     shapes = []
 
-    def recording(batch):
+    def recording(batch, positions):
         shapes.append(batch["decoder_target_tokens"].shape)
-        return token_stub(batch)
+        assert positions.shape[0] == 8 and positions.shape[1] in (1, 2, 4)
+        return token_stub(batch, positions)
 
     batched = scoring.BatchedScorer(recording, 64, 8).score(reqs)
     single = scoring.BatchedScorer(token_stub, 64, 1).score(reqs)
@@ -135,11 +137,11 @@ def test_interrupted_suite_resumes_with_identical_results(tmp_path):
     full = suites.MMLUSuite(inputs_fn=_mmlu_records).run(_ctx(tmp_path / "full", batch_size=1))
     calls = {"n": 0}
 
-    def dies_after_five(batch):
+    def dies_after_five(batch, positions):
         calls["n"] += 1
         if calls["n"] > 5:
             raise KeyboardInterrupt("killed")
-        return token_stub(batch)
+        return token_stub(batch, positions)
 
     out = tmp_path / "resumed"
     with pytest.raises(KeyboardInterrupt):

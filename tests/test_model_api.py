@@ -108,3 +108,12 @@ def test_chunked_loss_equals_full(tied):
         np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6)
     np.testing.assert_allclose(full.score_batch(params, batch),
                                chunked.score_batch(params, batch), rtol=1e-5, atol=1e-5)
+    # Scoring gathered positions only (the eval path) equals the full-row scores there.
+    positions = np.array([[0, 5, 31], [16, 16, 28]], np.int32)
+    want = np.take_along_axis(np.asarray(full.score_batch(params, batch)), positions, axis=1)
+    np.testing.assert_allclose(full.score_positions(params, batch, positions), want,
+                               rtol=1e-5, atol=1e-5)
+    logits, _ = full.logits(params, batch)
+    np.testing.assert_allclose(full.logits_at(params, batch, positions),
+                               np.take_along_axis(logits, positions[..., None], axis=1),
+                               rtol=1e-5, atol=1e-5)

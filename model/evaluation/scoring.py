@@ -4,7 +4,8 @@ lm-eval's `loglikelihood` on our model batch: each request becomes one row whose
 targets are `context + continuation` (left-truncated to the model length, keeping
 the continuation), inputs are the targets shifted right (0 = start, as in SeqIO's
 decoder-only feature converter), and the request's score is the summed
-log-likelihood of the continuation positions.
+log-likelihood of the continuation positions. Only those positions are scored (the
+score function gathers them before the vocabulary projection).
 
 Throughput: requests are sorted by length (longest first, so the first jit
 compile is the biggest and memory surprises come early), cut into batches of
@@ -26,7 +27,8 @@ from typing import Callable, Iterator, Mapping, Sequence
 
 import numpy as np
 
-ScoreFn = Callable[[dict[str, np.ndarray]], np.ndarray]  # batch -> [B, L] log-likelihoods
+ScoreFn = Callable[[dict[str, np.ndarray], np.ndarray], np.ndarray]
+"""(batch, positions [B, P]) -> [B, P] log p(decoder_target_tokens) at those positions."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -96,6 +98,14 @@ def rolling_requests(tokens: Sequence[int], max_length: int, context: int = 0,
         reqs.append(Request(tokens[first:start], tokens[start:start + step], keep_token_scores,
                             starts_document=first == 0))
     return reqs
+
+
+def _pow2(n: int, smallest: int) -> int:
+    """Smallest power-of-two multiple of `smallest` that is >= n."""
+    out = smallest
+    while out < n:
+        out *= 2
+    return out
 
 
 def bucket_for(length: int, buckets: Sequence[int]) -> int:
@@ -175,14 +185,21 @@ class BatchedScorer:
         for idx, length in plan:
             batch = build_batch([rows[i] for i in idx], length, self.batch_size,
                                 [requests[i].features for i in idx])
-            ll = np.asarray(self.score_fn(batch), dtype=np.float64)
-            if ll.shape != (self.batch_size, length):
-                raise ValueError(f"score_fn returned shape {ll.shape}, expected "
-                                 f"{(self.batch_size, length)} (one value per target token)")
-            out = []
+            # The last n_cont target positions of each row, padded to a power of two
+            # (few jit shapes) by repeating the row's last position.
+            p = min(_pow2(max(rows[i][2] for i in idx), 1), length)
+            positions = np.zeros((self.batch_size, p), np.int32)
             for r, i in enumerate(idx):
                 n, n_cont = len(rows[i][1]), rows[i][2]
-                tok = ll[r, n - n_cont:n]
+                positions[r] = np.minimum(n - n_cont + np.arange(p), n - 1)
+            ll = np.asarray(self.score_fn(batch, positions), dtype=np.float64)
+            if ll.shape != (self.batch_size, p):
+                raise ValueError(f"score_fn returned shape {ll.shape}, expected "
+                                 f"{(self.batch_size, p)} (one value per position)")
+            out = []
+            for r, i in enumerate(idx):
+                n_cont = rows[i][2]
+                tok = ll[r, :n_cont]
                 out.append(Score(float(tok.sum()), n_cont,
                                  tok.copy() if requests[i].keep_token_scores else None))
             yield idx, out
@@ -217,13 +234,6 @@ def covering_prefixes(continuations: Sequence[Sequence[int]]) -> list[tuple[int,
         if not any(r[:len(n)] == n for r in rows):
             rows.append(n)
     return rows
-
-
-def _pow2(n: int, smallest: int) -> int:
-    out = smallest
-    while out < n:
-        out *= 2
-    return out
 
 
 class SharedContextScorer:
