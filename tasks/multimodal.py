@@ -29,7 +29,7 @@ import numpy as np
 import seqio
 import tensorflow as tf
 
-from tasks import packing, text, vocabulary
+from tasks import packing, seqio_input, text, vocabulary
 
 KINDS = ("interleaved", "captions", "coco", "librispeech", "speech_manifest", "activitynet_qa", "nextqa", "text")
 TEXT_LM_TASK = "tapestry_mm_text_lm"
@@ -148,15 +148,7 @@ def get_dataset(cfg: Any, shard_id: int = 0, num_shards: int = 1, start_batch: i
     (packing is sequential, so resuming replays it). `packer_counts`, if given, is
     updated with the packer's counts (what was split or dropped).
     """
-    if cache_dirs:
-        seqio.add_global_cache_dirs(list(cache_dirs))
-    names = set(seqio.TaskRegistry.names()) | set(seqio.MixtureRegistry.names())
-    if cfg.mixture_or_task_name not in names:
-        import difflib
-        close = difflib.get_close_matches(cfg.mixture_or_task_name, sorted(names), n=3)
-        raise ValueError(f"MIXTURE_OR_TASK_NAME {cfg.mixture_or_task_name!r} is not registered; did you mean {close}?")
-    if cfg.batch_size % num_shards:
-        raise ValueError(f"Batch size ({cfg.batch_size}) must be divisible by number of data shards ({num_shards})")
+    seqio_input.check_source(cfg, num_shards, cache_dirs)
     length = dict(cfg.task_feature_lengths)["targets"]
     packer = packing.MultimodalPacker(packing.PackingConfig(
         batch_size=cfg.batch_size // num_shards, length=length, pack=cfg.pack, max_images=max_images,

@@ -37,7 +37,12 @@ from tasks import text  # noqa: F401  (registers the text tasks)
 tf.config.set_visible_devices([], "GPU")
 
 
-def _registered(name: str) -> None:
+def check_source(cfg: Any, num_shards: int, cache_dirs: Sequence[str] = ()) -> None:
+    """Adds `cache_dirs` to SeqIO's and checks that the task or mixture is registered
+    (naming the closest names) and that the batch splits evenly over the data shards."""
+    if cache_dirs:
+        seqio.add_global_cache_dirs(list(cache_dirs))
+    name = cfg.mixture_or_task_name
     names = set(seqio.TaskRegistry.names()) | set(seqio.MixtureRegistry.names())
     if name not in names:
         import difflib  # pylint: disable=g-import-not-at-top
@@ -45,17 +50,15 @@ def _registered(name: str) -> None:
         close = difflib.get_close_matches(name, sorted(names), n=3)
         raise ValueError(f"MIXTURE_OR_TASK_NAME {name!r} is not registered; did you mean {close}? "
                          f"Registered: {sorted(names)}")
+    if cfg.batch_size % num_shards:
+        raise ValueError(f"Batch size ({cfg.batch_size}) must be divisible by number of data shards ({num_shards})")
 
 
 @gin.configurable(module="seqio_input")
 def get_dataset(cfg: Any, shard_id: int = 0, num_shards: int = 1, start_batch: int = 0, *,
                 cache_dirs: Sequence[str] = (), num_epochs: int | None = None) -> Iterator[dict[str, np.ndarray]]:
     """Yields numpy batches of `cfg.batch_size // num_shards` rows (see module doc)."""
-    if cache_dirs:
-        seqio.add_global_cache_dirs(list(cache_dirs))
-    _registered(cfg.mixture_or_task_name)
-    if cfg.batch_size % num_shards:
-        raise ValueError(f"Batch size ({cfg.batch_size}) must be divisible by number of data shards ({num_shards})")
+    check_source(cfg, num_shards, cache_dirs)
     ds = seqio.get_dataset(
         cfg.mixture_or_task_name,
         task_feature_lengths=dict(cfg.task_feature_lengths),
