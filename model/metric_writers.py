@@ -161,13 +161,23 @@ def write_config_gin(model_dir: str | pathlib.Path, operative: bool = False) -> 
 
 
 def read_jsonl(path: str | pathlib.Path, split: str | None = None) -> list[dict[str, Any]]:
-    """All rows of a metrics.jsonl (optionally one split); tolerates a cut last line."""
-    rows = []
+    """Rows of a metrics.jsonl (optionally one split) as the run now stands.
+
+    A run restarted from a checkpoint logs the steps after it again; as TensorBoard
+    purges orphaned events, a row whose step is not past the last one of its split
+    discards the earlier rows of that split from that step on. Tolerates a cut last line.
+    """
+    by_split: dict[str, list[dict[str, Any]]] = {}
     for line in pathlib.Path(path).read_text(encoding="utf-8").splitlines():
         try:
             row = json.loads(line)
         except json.JSONDecodeError:
             continue
-        if split is None or row.get("split") == split:
-            rows.append(row)
-    return rows
+        if split is not None and row.get("split") != split:
+            continue
+        rows = by_split.setdefault(row.get("split"), [])
+        while rows and rows[-1]["step"] >= row["step"]:
+            rows.pop()
+        rows.append(row)
+    return sorted((r for rows in by_split.values() for r in rows),
+                  key=lambda r: (r["step"], r.get("time", 0)))
