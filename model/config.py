@@ -252,11 +252,11 @@ PRESETS: dict[str, TransformerConfig] = {
     # Seconds per step on 2 CPU cores; text + all three modalities.
     "tiny": TransformerConfig(
         vocab_size=8192, d_model=128, num_layers=2, num_heads=4, num_kv_heads=2, head_dim=32,
-        d_ff=512, max_len=256, attention_backend="blockwise", block_q=128, block_kv=128,
+        d_ff=512, max_len=256, attention_backend="blockwise", block_q=64, block_kv=64,
         **_TINY_MEDIA),
     "tiny_moe": TransformerConfig(
         vocab_size=8192, d_model=128, num_layers=2, num_heads=4, num_kv_heads=2, head_dim=32,
-        d_ff=512, max_len=256, attention_backend="blockwise", block_q=128, block_kv=128,
+        d_ff=512, max_len=256, attention_backend="blockwise", block_q=64, block_kv=64,
         moe=MoEConfig(num_experts=4, top_k=2, expert_hidden=256),
         layer_pattern="dm", **_TINY_MEDIA),
     "small": TransformerConfig(
