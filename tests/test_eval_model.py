@@ -134,7 +134,7 @@ def test_eval_cli_restores_a_trained_checkpoint(tmp_path):
 
 
 @pytest.mark.parametrize("extra,checks", [
-    ([], {"evaluate.batch_size": 2}),
+    ([], {"evaluate.batch_size": 32}),
     (["gin/runs/eval_mmlu.gin"], {}),
     (["gin/runs/eval_long_context.gin", "--gin.BOOKS=['b.txt']"],
      {"niah/GenerationSuite.metric": "contains"}),
