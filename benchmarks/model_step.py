@@ -138,11 +138,16 @@ def part_step(args) -> dict:
         steppers[label] = prepare_train_step(
             DecoderOnlyModel(model_config(preset, {**over, "dtype": args.dtype})), batch)
     times = {label: ([], []) for label in steppers}
-    for _ in range(args.steps):
-        for label, (run_one_step, _) in steppers.items():
-            wall, cpu = run_one_step()
-            times[label][0].append(wall)
-            times[label][1].append(cpu)
+
+    def time_steps(labels):
+        for _ in range(args.steps):
+            for label in labels:
+                wall, cpu = steppers[label][0]()
+                times[label][0].append(wall)
+                times[label][1].append(cpu)
+
+    time_steps(["maxtext_dense", "maxtext_moe"])  # interleaved pairs
+    time_steps([label for label in steppers if label.endswith("dropless")])  # after them
     for label, (_, summary) in steppers.items():
         res = summary(*times[label])
         res["vs_maxtext"] = res["tokens_per_s"] / MAXTEXT_TOKENS_PER_S[label]

@@ -23,7 +23,7 @@ import sys
 MALLOC_ENV = {
     "MALLOC_ARENA_MAX": "1",  # every thread allocates from the main heap
     "MALLOC_MMAP_MAX_": "0",  # ... which grows with brk instead of per-block mmap
-    "MALLOC_TRIM_THRESHOLD_": str(2**31 - 1),  # and keeps freed memory for reuse
+    "MALLOC_TRIM_THRESHOLD_": str(2**40),  # and keeps freed memory for reuse
 }
 
 

@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 
 from model.layers import SwiGLU
+from model import moe as moe_lib
 from model.moe import MoE, capacity_slots, load_balance_loss, route
 
 
@@ -39,13 +40,49 @@ def test_dropless_equals_capacity_when_nothing_dropped(shared):
     assert float(m_cap["drop_fraction"]) == 0.0
     np.testing.assert_allclose(y_cap, y_drop, rtol=1e-5, atol=1e-5)
     np.testing.assert_allclose(y_cap[1, -3:], 0.0 if not shared else y_cap[1, -3:])
-    # Gradients agree too.
-    loss = lambda mode, q: jnp.sum(MoE(dispatch=mode, capacity_factor=2.0, **kw).apply(
+    # Gradients (parameters and input) agree too.
+    loss = lambda mode, q, x: jnp.sum(MoE(dispatch=mode, capacity_factor=2.0, **kw).apply(
         {"params": q}, x, mask)[0] ** 2)
-    g_cap, g_drop = jax.grad(lambda q: loss("capacity", q))(p), jax.grad(
-        lambda q: loss("dropless", q))(p)
+    g_cap = jax.grad(lambda q, x: loss("capacity", q, x), argnums=(0, 1))(p, x)
+    g_drop = jax.grad(lambda q, x: loss("dropless", q, x), argnums=(0, 1))(p, x)
     for a, b in zip(jax.tree.leaves(nn.unbox(g_cap)), jax.tree.leaves(nn.unbox(g_drop))):
         np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)
+
+
+def test_dispatch_and_combine_gradients_equal_plain_gathers():
+    """The gather-only backward passes equal autodiff of the gathers, drops included."""
+    b, t, d, e, k, c = 2, 6, 3, 3, 2, 2
+    experts = jax.random.randint(jax.random.PRNGKey(0), (b, t, k), 0, e)
+    experts = experts.at[..., 1].set((experts[..., 0] + 1) % e)  # two distinct experts
+    mask = jnp.ones((b, t), bool).at[1, -1].set(False)
+    slot, kept = capacity_slots(experts, mask, e, c)
+    assert not bool(kept.all())  # some assignments are dropped
+    rows = jnp.arange(b)[:, None, None]
+    src = jnp.full((b, e * c + 1), t, jnp.int32).at[rows, slot].set(
+        jnp.broadcast_to(jnp.arange(t)[None, :, None], slot.shape))
+    src = jnp.swapaxes(src[:, :e * c].reshape(b, e, c) + (jnp.arange(b) * (t + 1))[:, None, None],
+                       0, 1).reshape(e, b * c)
+    flat_idx = jnp.where(kept, (slot // c) * (b * c) + rows * c + slot % c, e * b * c)
+    x = jax.random.normal(jax.random.PRNGKey(1), (b, t, d))
+    yb = jax.random.normal(jax.random.PRNGKey(2), (e, b * c, d))
+
+    def plain_dispatch(x):
+        x_pad = jnp.concatenate([x, jnp.zeros((b, 1, d))], axis=1).reshape(-1, d)
+        return x_pad[src]
+
+    def plain_combine(yb):
+        return jnp.concatenate([yb.reshape(-1, d), jnp.zeros((1, d))])[flat_idx]
+
+    w_b = jax.random.normal(jax.random.PRNGKey(3), (e, b * c, d))
+    w_a = jax.random.normal(jax.random.PRNGKey(4), (b, t, k, d))
+    np.testing.assert_array_equal(moe_lib._dispatch(x, src, flat_idx), plain_dispatch(x))
+    np.testing.assert_array_equal(moe_lib._combine(yb, flat_idx), plain_combine(yb))
+    np.testing.assert_allclose(
+        jax.grad(lambda x: jnp.sum(moe_lib._dispatch(x, src, flat_idx) * w_b))(x),
+        jax.grad(lambda x: jnp.sum(plain_dispatch(x) * w_b))(x), rtol=1e-6, atol=1e-6)
+    np.testing.assert_allclose(
+        jax.grad(lambda y: jnp.sum(moe_lib._combine(y, flat_idx) * w_a))(yb),
+        jax.grad(lambda y: jnp.sum(plain_combine(y) * w_a))(yb), rtol=1e-6, atol=1e-6)
 
 
 def test_capacity_slots_constructed_routing():
