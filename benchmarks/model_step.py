@@ -2,12 +2,13 @@
 
     .venv/bin/python benchmarks/model_step.py            # all three parts, ~5 min on 2 cores
     .venv/bin/python benchmarks/model_step.py --parts=step --steps=10
-    .venv/bin/python benchmarks/model_step.py --dtype=bfloat16 --presets=small  # on a GPU
+    .venv/bin/python benchmarks/model_step.py --dtype=bfloat16  # on a GPU
 
 1. Train step (value_and_grad + AdamW(0.9, 0.95, wd 0.1) + clip 1.0, donated state,
    jitted) on the MaxText-shape presets, global batch 8 x 512, f32: tokens/s, step
    time, MoE/dense ratio, against MaxText 0.2.5 on this machine type (dense 2,500,
-   MoE 2,235, dropless 1,100 tokens/s). Timed as the median of --steps steps.
+   MoE 2,235, dropless 1,100 tokens/s). Timed as the median of --steps steps, dense and
+   MoE steps interleaved so that drift in the machine's load affects both alike.
 2. Peak memory of one training step (forward + backward) of the maxtext_dense
    shapes in long-context mode (blockwise attention with 512 blocks, per-layer
    remat, output layer + loss in 2048-token chunks) at 4k, 16k and 64k tokens
@@ -19,18 +20,20 @@
    FLOPs utilisation relative to what this machine's matmul reaches.
 The load average is printed: other processes on a shared machine slow every number.
 
-Measured 2026-11-26 on this 2-core AMD EPYC (AVX-512) with 4 other jobs running
-(load average 5-7; the step effectively had one core: CPU time == wall time):
-`.venv/bin/python benchmarks/model_step.py --steps=6 --dropless`
-  dense 3.03 s/step = 1,351 tok/s wall; CPU time 2.99 s/step, i.e. ~2,735 tok/s if
-  both cores were ours (1.09x MaxText's 2,500; target 1.25x: not met);
-  MoE 3.32 s/step = 1,233 tok/s wall; ~2,507 tok/s from CPU time (1.12x of 2,235);
-  MoE/dense step time 1.096 (CPU time 1.091; target <= 1.15: met);
-  dropless (ragged_dot, dense-masked on CPU) 10.7 s/step (~774 tok/s from CPU time);
+Measured 2026-11-26 on this 2-core AMD EPYC (AVX-512), machine otherwise idle (load
+1.2-1.6), `.venv/bin/python benchmarks/model_step.py --steps=10 --dropless`:
+  dense 1.259 s/step = 3,253 tok/s (1.30x MaxText's 2,500; target 1.25x: met);
+  MoE 1.402 s/step = 2,921 tok/s (1.31x MaxText's 2,235: met);
+  MoE/dense step time 1.113, per interleaved pair median 1.125, CPU time 1.115
+  (target <= 1.15: met); dropless (ragged_dot, dense-masked on CPU) 4.92 s/step;
   blockwise peak 0.60 / 2.02 / 7.88 GiB at 4k / 16k / 64k tokens with XLA's default
   CPU scheduler, 0.29 / 0.97 / 3.69 GiB with the memory-minimising one (linear;
   plain attention: 3.7 / 53.5 / 838 GiB);
-  model FLOP/s = 67% (dense) and 62% (MoE) of a 4096^3 matmul's FLOP/s.
+  model FLOP/s = 69% (dense) and 62% (MoE) of a 4096^3 matmul's FLOP/s.
+What moved the step from 1.51 s (dense) / 1.77-1.98 s (MoE) to the above: glibc
+malloc settings (model/host_malloc.py; the 0.8 GiB temp buffer was page-faulted in
+every step), the unrolled heads-major attention schedule for short rows with 64-token
+blocks (model/blockwise_attention.py), and gather-only MoE backward passes.
 No GPU was lent to this session: the bf16 H100/H200 MFU targets are not measured.
 """
 from __future__ import annotations
