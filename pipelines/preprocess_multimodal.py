@@ -81,6 +81,12 @@ class EncodeDoFn(beam.DoFn):
         self._cfg, self._vocab, self._progress_every = cfg, vocab_path, progress_every_s
 
     def setup(self):
+        # Parallelism comes from worker processes (one per core); numpy's BLAS/OpenMP
+        # pools left at one thread per core each would oversubscribe the cores: 3x
+        # slower audio features with 2 workers on 2 cores.
+        import threadpoolctl  # pylint: disable=g-import-not-at-top
+
+        threadpoolctl.threadpool_limits(1)
         self._encoder = interleave.DocumentEncoder(self._cfg, self._vocab)
         counter = beam.metrics.Metrics.counter
         self._in, self._out, self._dead = (counter(NAMESPACE, n) for n in ("documents_in", "examples_out", "dead_lettered"))
