@@ -43,6 +43,14 @@ def _bwd(res, g):
 softmax_cross_entropy_parts.defvjp(_fwd, _bwd)
 
 
+def vocab_logits(hidden: jax.Array, kernel: jax.Array, *, vocab_major: bool = False
+                 ) -> jax.Array:
+    """Output layer: hidden [..., D] @ kernel [D, V] ([V, D] if vocab_major, i.e. tied
+    embeddings) in hidden's dtype -> float32 logits [..., V]."""
+    spec = "...D,VD->...V" if vocab_major else "...D,DV->...V"
+    return jnp.einsum(spec, hidden, kernel.astype(hidden.dtype)).astype(jnp.float32)
+
+
 def chunked_cross_entropy_parts(hidden: jax.Array, kernel: jax.Array, targets: jax.Array,
                                 chunk: int, *, vocab_major: bool = False
                                 ) -> tuple[jax.Array, jax.Array, jax.Array]:
@@ -58,12 +66,11 @@ def chunked_cross_entropy_parts(hidden: jax.Array, kernel: jax.Array, targets: j
     pad = (-n) % chunk
     h = jnp.pad(hidden.reshape(n, d), ((0, pad), (0, 0))).reshape(-1, chunk, d)
     tg = jnp.pad(targets.reshape(n), (0, pad)).reshape(-1, chunk)
-    spec = "CD,VD->CV" if vocab_major else "CD,DV->CV"
 
     @jax.checkpoint
     def body(carry, xs):
         hc, tc = xs
-        logits = jnp.einsum(spec, hc, kernel.astype(hc.dtype)).astype(jnp.float32)
+        logits = vocab_logits(hc, kernel, vocab_major=vocab_major)
         return carry, softmax_cross_entropy_parts(logits, tc)
 
     _, parts = jax.lax.scan(body, None, (h, tg))

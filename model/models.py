@@ -27,7 +27,8 @@ import jax.numpy as jnp
 from model import flops as flops_lib
 from model.config import PLACEHOLDER_IDS, TransformerConfig
 from model.encoders import MEDIA_KEYS
-from model.losses import chunked_cross_entropy_parts, softmax_cross_entropy_parts
+from model.losses import (chunked_cross_entropy_parts, softmax_cross_entropy_parts,
+                          vocab_logits)
 from model.transformer import Transformer
 
 Batch = Mapping[str, Any]
@@ -167,9 +168,7 @@ class DecoderOnlyModel:
         """
         hidden, _ = self._hidden(params, batch, train=False)
         h = jnp.take_along_axis(hidden, jnp.asarray(positions, jnp.int32)[..., None], axis=1)
-        spec = "BPD,VD->BPV" if self.config.tie_embeddings else "BPD,DV->BPV"
-        return jnp.einsum(spec, h, self._output_kernel(params).astype(h.dtype)).astype(
-            jnp.float32)
+        return vocab_logits(h, self._output_kernel(params), vocab_major=self.config.tie_embeddings)
 
     def score_positions(self, params: Params, batch: Batch, positions: jax.Array) -> jax.Array:
         """[B, P] float32 log p(decoder_target_tokens) at positions [B, P] (as score_batch)."""

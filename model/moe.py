@@ -109,24 +109,41 @@ def _with_zero_row(x: jax.Array) -> jax.Array:
     return jnp.concatenate([x, jnp.zeros((1,) + x.shape[1:], x.dtype)])
 
 
+def buffer_indices(slot: jax.Array, kept: jax.Array, num_experts: int, capacity: int
+                   ) -> tuple[jax.Array, jax.Array]:
+    """Maps between assignments and expert buffer rows, laid out (expert, batch row, pos).
+
+    slot/kept [B,T,K] from `capacity_slots` -> (flat_idx [B,T,K]: each assignment's
+    buffer row, E*B*C if dropped; owner [E, B*C]: the assignment (flattened b, t, k)
+    each buffer row holds, B*T*K if empty).
+    """
+    b, t, k = slot.shape
+    e, c = num_experts, capacity
+    rows = jnp.arange(b)[:, None, None]
+    flat_idx = jnp.where(kept, (slot // c) * (b * c) + rows * c + slot % c, e * b * c)
+    n = b * t * k
+    owner = jnp.full((e * b * c + 1,), n, jnp.int32).at[flat_idx.reshape(-1)].set(
+        jnp.arange(n, dtype=jnp.int32))[:e * b * c]
+    return flat_idx.astype(jnp.int32), owner.reshape(e, b * c)
+
+
 # Dispatch and combine are gathers whose transposes are gathers too: every kept
 # assignment owns one buffer row. Written as custom VJPs so the backward pass gathers
 # instead of scatter-adding (XLA:CPU runs a scatter as a serial loop).
 
 @jax.custom_vjp
-def _dispatch(x: jax.Array, src: jax.Array, flat_idx: jax.Array) -> jax.Array:
-    """x [B,T,D], src [E,N] rows of x with a zero row per batch row -> buffers [E,N,D]."""
-    b, t, d = x.shape
-    x_pad = jnp.concatenate([x, jnp.zeros((b, 1, d), x.dtype)], axis=1).reshape(-1, d)
-    return x_pad[src]
+def _dispatch(x: jax.Array, flat_idx: jax.Array, owner: jax.Array) -> jax.Array:
+    """x [B,T,D] -> buffers [E,N,D]: row (e, n) is its owner's token (zeros if empty)."""
+    tokens = owner // flat_idx.shape[-1]  # empty rows: B*T, the zero row
+    return _with_zero_row(x.reshape(-1, x.shape[-1]))[tokens]
 
 
-def _dispatch_fwd(x, src, flat_idx):
-    return _dispatch(x, src, flat_idx), (src, flat_idx, x.shape)
+def _dispatch_fwd(x, flat_idx, owner):
+    return _dispatch(x, flat_idx, owner), (flat_idx, x.shape)
 
 
 def _dispatch_bwd(res, g):
-    src, flat_idx, shape = res
+    flat_idx, shape = res
     # A token's gradient is the sum over its kept assignments' buffer rows.
     dx = jnp.sum(_with_zero_row(g.reshape(-1, g.shape[-1]))[flat_idx], axis=2)
     return dx.reshape(shape), None, None
@@ -136,24 +153,19 @@ _dispatch.defvjp(_dispatch_fwd, _dispatch_bwd)
 
 
 @jax.custom_vjp
-def _combine(yb: jax.Array, flat_idx: jax.Array) -> jax.Array:
-    """Buffers yb [E,N,D], flat_idx [B,T,K] rows of yb (E*N = dropped) -> [B,T,K,D]."""
+def _combine(yb: jax.Array, flat_idx: jax.Array, owner: jax.Array) -> jax.Array:
+    """Buffers yb [E,N,D] -> [B,T,K,D]: each assignment's row (zeros if dropped)."""
     return _with_zero_row(yb.reshape(-1, yb.shape[-1]))[flat_idx]
 
 
-def _combine_fwd(yb, flat_idx):
-    return _combine(yb, flat_idx), (flat_idx, yb.shape)
+def _combine_fwd(yb, flat_idx, owner):
+    return _combine(yb, flat_idx, owner), (owner, yb.shape)
 
 
 def _combine_bwd(res, g):
-    flat_idx, shape = res
-    rows = shape[0] * shape[1]
-    assignments = flat_idx.size
-    # owner[r]: the assignment whose result buffer row r holds (`assignments` if none).
-    owner = jnp.full((rows + 1,), assignments, jnp.int32).at[flat_idx.reshape(-1)].set(
-        jnp.arange(assignments, dtype=jnp.int32))[:rows]
+    owner, shape = res
     dyb = _with_zero_row(g.reshape(-1, g.shape[-1]))[owner]
-    return dyb.reshape(shape), None
+    return dyb.reshape(shape), None, None
 
 
 _combine.defvjp(_combine_fwd, _combine_bwd)
@@ -209,25 +221,16 @@ class MoE(nn.Module):
         return y.astype(x.dtype), metrics
 
     def _capacity(self, x, experts, gates, token_mask, wi, wo):
-        b, t, d = x.shape
         e, k = self.num_experts, self.top_k
-        c = max(1, math.ceil(self.capacity_factor * t * k / e))
+        c = max(1, math.ceil(self.capacity_factor * x.shape[1] * k / e))
         slot, kept = capacity_slots(experts, token_mask, e, c)  # slot = e*C + pos, sink E*C
         # Expert buffers laid out [E, B*C, D] (expert-major) so each expert's tokens are
-        # one contiguous matrix. src: which token row fills buffer row (e, b, c), where
-        # row b*(T+1) + T is b's zero row (empty slot).
-        rows = jnp.arange(b)[:, None, None]
-        src = jnp.full((b, e * c + 1), t, jnp.int32)
-        src = src.at[rows, slot].set(jnp.broadcast_to(jnp.arange(t)[None, :, None], slot.shape))
-        src = src[:, :e * c].reshape(b, e, c) + (jnp.arange(b) * (t + 1))[:, None, None]
-        src = jnp.swapaxes(src, 0, 1).reshape(e, b * c)
-        # flat_idx: each assignment's buffer row (e, b, c) flattened; E*B*C if dropped.
-        expert_of, pos = slot // c, slot % c
-        flat_idx = jnp.where(kept, expert_of * (b * c) + rows * c + pos, e * b * c)
-        xb = constrain(_dispatch(x, src, flat_idx), ("expert", "batch", "embed"))  # [E,B*C,D]
+        # one contiguous matrix.
+        flat_idx, owner = buffer_indices(slot, kept, e, c)
+        xb = constrain(_dispatch(x, flat_idx, owner), ("expert", "batch", "embed"))  # [E,B*C,D]
         h = nn.silu(batched_matmul(xb, wi[0])) * batched_matmul(xb, wi[1])  # [E, B*C, F]
         yb = constrain(batched_matmul(h, wo), ("expert", "batch", "embed"))
-        ya = _combine(yb, flat_idx)  # [B, T, K, D]; dropped assignments read zeros
+        ya = _combine(yb, flat_idx, owner)  # [B, T, K, D]; dropped assignments read zeros
         y = jnp.einsum("BTKD,BTK->BTD", ya, (gates * kept).astype(ya.dtype))
         return y, kept
 
