@@ -5,15 +5,18 @@ Normalisation (documented choice): apply EXIF orientation, convert any mode
 over white), then resize aspect-preserving so the longer side is S and pad the
 shorter side symmetrically with `pad_value` (letterbox). Nothing is cropped, so
 a caption about an object at the edge stays true. Decompression bombs are
-refused from the header size before any pixel is decoded.
+refused from the header size before any pixel is decoded: `max_image_pixels`
+governs, and Pillow's own guard (`Image.MAX_IMAGE_PIXELS`, process-wide) is set
+from it, so the flag can go above Pillow's default and every refusal quotes it.
 """
 import io
+import re
 import warnings
 
 import numpy as np
 from PIL import Image, ImageOps
 
-from pipelines.media_config import BadInput, MediaConfig
+from pipelines.media_config import BadInput, MediaConfig, decoder_errors
 
 _SIXTEEN_BIT = ("I;16", "I;16B", "I;16L", "I;16N", "I")
 
@@ -59,6 +62,17 @@ def image_from_pil(img: Image.Image, size: int, pad_value: int) -> np.ndarray:
 
 def decode_image(data: bytes, cfg: MediaConfig, what: str = "image") -> np.ndarray:
     """Encoded image bytes -> uint8 [cfg.image_size, cfg.image_size, 3]; BadInput on failure."""
+    with decoder_errors(what):
+        return image_from_pil(_open(data, cfg, what), cfg.image_size, cfg.pad_value)
+
+
+def _bomb(what: str, cfg: MediaConfig, pixels: str | int) -> BadInput:
+    return BadInput("oversize", f"{what}: {pixels} pixels > max_image_pixels {cfg.max_image_pixels}")
+
+
+def _open(data: bytes, cfg: MediaConfig, what: str) -> Image.Image:
+    """Bytes -> a loaded, EXIF-oriented Pillow image; BadInput on failure."""
+    Image.MAX_IMAGE_PIXELS = cfg.max_image_pixels  # Pillow refuses above it (warns, then errors at 2x)
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
@@ -67,23 +81,23 @@ def decode_image(data: bytes, cfg: MediaConfig, what: str = "image") -> np.ndarr
             if w <= 0 or h <= 0:
                 raise BadInput("empty", f"{what}: zero-size image {w}x{h}")
             if w * h > cfg.max_image_pixels:
-                raise BadInput("oversize", f"{what}: {w}x{h} pixels > max_image_pixels {cfg.max_image_pixels}")
+                raise _bomb(what, cfg, f"{w}x{h}")
             if img.format == "JPEG" and max(w, h) > 2 * cfg.image_size:
                 img.draft("RGB", (2 * cfg.image_size, 2 * cfg.image_size))  # DCT-domain downscale
             img.load()
-            img = ImageOps.exif_transpose(img)
+            return ImageOps.exif_transpose(img)
     except BadInput:
         raise
-    except Image.UnidentifiedImageError as e:
+    except Image.UnidentifiedImageError:
         raise BadInput("corrupt" if _looks_like_known_container(data) else "unsupported",
-                       f"{what}: {e}") from None
+                       f"{what}: not an image format Pillow can identify") from None
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
-        raise BadInput("oversize", f"{what}: {e}") from None
+        found = re.search(r"\((\d+) pixels\)", str(e))  # Pillow: "Image size (N pixels) exceeds limit ..."
+        raise _bomb(what, cfg, found.group(1) if found else "more") from None
     except (OSError, SyntaxError, ValueError, EOFError) as e:
         msg = str(e)
         reason = "truncated" if "truncated" in msg or isinstance(e, EOFError) else "corrupt"
         raise BadInput(reason, f"{what}: {msg}") from None
-    return image_from_pil(img, cfg.image_size, cfg.pad_value)
 
 
 _MAGIC = (b"\x89PNG", b"\xff\xd8\xff", b"GIF8", b"BM", b"II*\x00", b"MM\x00*", b"RIFF")

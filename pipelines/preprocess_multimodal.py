@@ -35,7 +35,7 @@ from typing import Sequence
 import apache_beam as beam
 
 from pipelines import beam_options, interleave, mm_readers, seqio_cache
-from pipelines.media_config import REASONS, MediaConfig
+from pipelines.media_config import REASONS, MediaConfig, clean_detail
 
 NAMESPACE = "preprocess_multimodal"
 DEFAULT_VOCAB = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
@@ -97,7 +97,11 @@ class EncodeDoFn(beam.DoFn):
 
     def process(self, doc):
         self._in.inc()
-        result = self._encoder.encode(doc)
+        try:
+            result = self._encoder.encode(doc)
+        except Exception as e:  # noqa: BLE001 - one document must never kill the job: dead-letter it
+            detail = clean_detail(f"{type(e).__name__}: {e}")
+            result = interleave.Result(None, interleave.dead_letter(doc, "decoder_error", detail), [])
         kept = result.dead_letter is None
         self._dropped.inc(len(result.dropped_parts))
         for part in result.dropped_parts:

@@ -11,6 +11,11 @@ normalised exactly like an image (aspect-preserving resize, letterbox pad) to
 `video_frame_size`. With `keep_video_audio`, the first audio track over the same
 span becomes log-mel segments (see audio_decode); a video without audio simply
 has none.
+
+Guards: a header duration above `max_media_seconds` is `too_long` before any
+frame is decoded; a stream that ends far before the duration its header declares
+(`truncation_tolerance`) is `truncated`; a decoded stream shorter than
+`min_video_seconds`, or fewer sampled frames than `min_video_frames`, is `too_short`.
 """
 import dataclasses
 import io
@@ -18,7 +23,7 @@ import io
 import numpy as np
 
 from pipelines import audio_decode
-from pipelines.media_config import BadInput, MediaConfig
+from pipelines.media_config import BadInput, MediaConfig, check_duration, check_not_truncated, decoder_errors
 
 
 @dataclasses.dataclass
@@ -41,34 +46,39 @@ def _letterbox_frame(frame, size: int, pad_value: int) -> np.ndarray:
 
 def sample_frames(data: bytes, cfg: MediaConfig, what: str = "video") -> tuple[np.ndarray, float]:
     """Encoded video -> (uint8 [F, S, S, 3] frames at cfg.video_fps, seconds covered)."""
+    with decoder_errors(what):
+        return _sample_frames(data, cfg, what)
+
+
+def _sample_frames(data: bytes, cfg: MediaConfig, what: str) -> tuple[np.ndarray, float]:
     import av
     frames = []
     step = 1.0 / cfg.video_fps
     next_t = 0.0
+    duration, start, end, exhausted = None, None, 0.0, False
     try:
         with av.open(io.BytesIO(data)) as container:
             if not container.streams.video:
                 raise BadInput("unsupported", f"{what}: no video stream")
             stream = container.streams.video[0]
-            duration = _duration(container, stream)
-            if duration is not None and duration > cfg.max_media_seconds:
-                raise BadInput("oversize", f"{what}: {duration:.0f} s > max_media_seconds {cfg.max_media_seconds:.0f}")
+            duration = audio_decode.av_duration(container, stream)
+            check_duration(duration, cfg, what)
             rate = float(stream.average_rate or stream.guessed_rate or 25)
             if (cfg.video_sampling == "spread" and duration
                     and duration * cfg.video_fps > cfg.max_video_frames):
                 step = duration / cfg.max_video_frames
-            start = None
             for i, frame in enumerate(container.decode(stream)):
                 t = frame.time if frame.time is not None else i / rate
                 start = t if start is None else start
+                end = t - start + 1.0 / rate  # the stream decoded so far, in seconds
                 if t - start + 1e-6 >= next_t:
                     frames.append(_letterbox_frame(frame, cfg.video_frame_size, cfg.pad_value))
                     next_t += step
                     if len(frames) >= cfg.max_video_frames:
                         break
-    except BadInput:
-        raise
-    except Exception as e:  # noqa: BLE001 - FFmpeg errors: classify
+            else:
+                exhausted = True
+    except av.FFmpegError as e:  # FFmpeg stops: classify (anything else is a decoder_error)
         msg = str(e)
         low = msg.lower()
         if "invalid data" in low and not frames:
@@ -78,31 +88,23 @@ def sample_frames(data: bytes, cfg: MediaConfig, what: str = "video") -> tuple[n
         else:
             reason = "corrupt"
         raise BadInput(reason, f"{what}: {type(e).__name__}: {msg}") from None
+    if exhausted:  # the whole stream was decoded: does it match its header, and is it long enough?
+        check_not_truncated(duration, end, cfg, what)
     if not frames:
         raise BadInput("empty", f"{what}: no decodable frames")
+    if exhausted and end < cfg.min_video_seconds:
+        raise BadInput("too_short", f"{what}: {end:.2f} s < min_video_seconds {cfg.min_video_seconds:g}")
+    if len(frames) < cfg.min_video_frames:
+        raise BadInput("too_short", f"{what}: {len(frames)} frames < min_video_frames {cfg.min_video_frames}")
     return np.stack(frames), len(frames) * step
-
-
-def _duration(container, stream) -> float | None:
-    """Seconds, from the stream header or else the container's; None when neither says."""
-    if stream.duration is not None and stream.time_base is not None:
-        return float(stream.duration * stream.time_base)
-    if container.duration is not None:
-        return container.duration / 1_000_000  # AV_TIME_BASE
-    return None
 
 
 def decode_video(data: bytes, cfg: MediaConfig, what: str = "video") -> DecodedVideo:
     frames, seconds = sample_frames(data, cfg, what)
     audio: list[np.ndarray] = []
     if cfg.keep_video_audio:
-        try:
-            x, _ = audio_decode._decode_with_av(data, cfg.sample_rate)
-        except BadInput:
-            x = np.zeros([0, 1], np.float32)  # no audio track: the video stands alone
-        except Exception as e:  # noqa: BLE001
-            raise BadInput("corrupt", f"{what}: audio track: {e}") from None
-        wave = x[: int(seconds * cfg.sample_rate), 0]
-        if wave.shape[0]:
-            audio = [audio_decode.log_mel(s, cfg) for s in audio_decode.split_segments(wave, cfg)]
+        with decoder_errors(f"{what}: audio track"):
+            audio = audio_decode.segments_with_av(
+                data, cfg, f"{what}: audio track", emit=lambda s: audio_decode.log_mel(s, cfg, what),
+                max_seconds=seconds, need_audio=False)
     return DecodedVideo(frames=frames, seconds=seconds, audio=audio)

@@ -186,7 +186,7 @@ def test_bad_video_reasons():
     data = make_video(3.0)
     with pytest.raises(BadInput) as e:
         video_decode.sample_frames(data, MediaConfig(video_frame_size=16, video_patch_size=8, max_media_seconds=1.0))
-    assert e.value.reason == "oversize"
+    assert e.value.reason == "too_long"
     with pytest.raises(BadInput) as e:
         video_decode.sample_frames(b"\x00\x00\x00\x18ftypmp42" + b"\x17" * 500, CFG)
     assert e.value.reason in ("corrupt", "truncated", "empty")
