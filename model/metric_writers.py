@@ -4,6 +4,11 @@
     MODEL_DIR/tensorboard/<split>/   event files (`tensorboard --logdir MODEL_DIR`)
     MODEL_DIR/config.gin             the effective gin configuration
 
+MODEL_DIR may be local or remote (`gs://`, `s3://`): every path goes through
+`model/fs.py`. On an object store metrics.jsonl is rewritten every `flush_secs`
+(objects cannot be appended to) and TensorBoard events go through tensorboardX's own
+gs:// / s3:// writers.
+
 TensorBoard events come from `tensorboardX`, which (unlike clu.metric_writers) does
 not import TensorFlow: model/ stays importable on a JAX-only host (TRAPS.md). It is
 imported lazily, when the first TensorBoard writer is made. Scalars are written as
@@ -15,12 +20,14 @@ from __future__ import annotations
 import json
 import logging
 import math
-import pathlib
+import os
 import sys
 import time
 from typing import Any, Mapping, Sequence
 
 import gin
+
+from model import fs
 
 Scalars = Mapping[str, Any]
 
@@ -28,18 +35,17 @@ log = logging.getLogger("tapestry.metric_writers")
 
 
 class JsonlWriter:
-    """Appends one JSON line per `write` (flushed, so a killed run keeps its log)."""
+    """Appends one JSON line per `write` (local: flushed, so a killed run keeps its log;
+    remote: uploaded every `flush_secs` and on close, see `fs.Appender`)."""
 
-    def __init__(self, path: str | pathlib.Path):
-        self.path = pathlib.Path(path)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._file = open(self.path, "a", encoding="utf-8")  # noqa: SIM115 - long-lived
+    def __init__(self, path: fs.PathLike, flush_secs: float = 10.0):
+        self.path = fs.path(path)
+        self._file = fs.Appender(self.path, flush_secs=flush_secs)
 
     def write(self, step: int, split: str, values: Scalars) -> None:
         row = {"step": int(step), "split": split, "time": round(time.time(), 3)}
         row.update({k: _jsonable(v) for k, v in values.items()})
         self._file.write(json.dumps(row) + "\n")
-        self._file.flush()
 
     def close(self) -> None:
         self._file.close()
@@ -54,14 +60,14 @@ def _jsonable(value: Any) -> Any:
 class TensorBoardWriter:
     """Event files per split under `logdir/<split>` (via tensorboardX)."""
 
-    def __init__(self, logdir: str | pathlib.Path):
-        self.logdir = pathlib.Path(logdir)
+    def __init__(self, logdir: fs.PathLike):
+        self.logdir = fs.path(logdir)
         self._writers: dict[str, Any] = {}
 
     def _writer(self, split: str):
         if split not in self._writers:
             from tensorboardX import SummaryWriter  # lazy: keeps start-up light
-            self._writers[split] = SummaryWriter(str(self.logdir / split), flush_secs=10)
+            self._writers[split] = SummaryWriter(os.fspath(self.logdir / split), flush_secs=10)
         return self._writers[split]
 
     def write(self, step: int, split: str, values: Scalars) -> None:
@@ -132,9 +138,9 @@ def _format_eta(seconds: float) -> str:
 class MetricWriters:
     """JSONL + TensorBoard (process 0 only) behind one `write(step, split, values)`."""
 
-    def __init__(self, model_dir: str | pathlib.Path, tensorboard: bool = True,
+    def __init__(self, model_dir: fs.PathLike, tensorboard: bool = True,
                  is_chief: bool = True):
-        self.model_dir = pathlib.Path(model_dir)
+        self.model_dir = fs.path(model_dir)
         self._writers: Sequence[Any] = []
         if is_chief:
             self._writers = [JsonlWriter(self.model_dir / "metrics.jsonl")]
@@ -150,17 +156,15 @@ class MetricWriters:
             w.close()
 
 
-def write_config_gin(model_dir: str | pathlib.Path, operative: bool = False) -> pathlib.Path:
+def write_config_gin(model_dir: fs.PathLike, operative: bool = False) -> fs.epath.Path:
     """Writes the effective gin config to MODEL_DIR/config.gin (operative: only the
     bindings that were actually used, written after the first step)."""
-    path = pathlib.Path(model_dir) / ("operative_config.gin" if operative else "config.gin")
-    path.parent.mkdir(parents=True, exist_ok=True)
+    path = fs.path(model_dir) / ("operative_config.gin" if operative else "config.gin")
     text = gin.operative_config_str() if operative else gin.config_str()
-    path.write_text(text, encoding="utf-8")
-    return path
+    return fs.write_text(path, text)
 
 
-def read_jsonl(path: str | pathlib.Path, split: str | None = None) -> list[dict[str, Any]]:
+def read_jsonl(path: fs.PathLike, split: str | None = None) -> list[dict[str, Any]]:
     """Rows of a metrics.jsonl (optionally one split) as the run now stands.
 
     A run restarted from a checkpoint logs the steps after it again; as TensorBoard
@@ -168,7 +172,7 @@ def read_jsonl(path: str | pathlib.Path, split: str | None = None) -> list[dict[
     discards the earlier rows of that split from that step on. Tolerates a cut last line.
     """
     by_split: dict[str, list[dict[str, Any]]] = {}
-    for line in pathlib.Path(path).read_text(encoding="utf-8").splitlines():
+    for line in fs.read_text(path).splitlines():
         try:
             row = json.loads(line)
         except json.JSONDecodeError:

@@ -28,7 +28,7 @@ from typing import Any
 
 import numpy as np
 
-from pipelines import audio_decode, image_decode, media_io, special_tokens, video_decode
+from pipelines import audio_decode, image_decode, media_io, special_tokens, video_decode, vocab
 from pipelines.media_config import BadInput, MediaConfig
 
 MEDIA_KINDS = ("image", "audio", "video")
@@ -76,9 +76,8 @@ class DocumentEncoder:
     """Holds the tokenizer; `encode(doc)` does all heavy per-document work."""
 
     def __init__(self, cfg: MediaConfig, vocab_path: str):
-        import sentencepiece as spm
         self.cfg = cfg
-        self.sp = spm.SentencePieceProcessor(model_file=vocab_path)
+        self.sp = vocab.load(vocab_path)  # bytes via pipelines.fs: works on any worker
 
     def tokenize(self, text: str) -> list[int]:
         return special_tokens.escape_reserved_ids(self.sp.encode(text))

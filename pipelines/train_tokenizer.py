@@ -26,9 +26,8 @@ import sys
 from typing import Iterable, Sequence
 
 import apache_beam as beam
-from apache_beam.io.filesystems import FileSystems
 
-from pipelines import beam_options, special_tokens, text_io
+from pipelines import beam_options, fs, special_tokens, text_io
 
 
 def sentencepiece_trainer_args(vocab_size: int) -> dict:
@@ -64,7 +63,7 @@ def keep_paragraph(line: str, sample_rate: float, seed: int) -> bool:
 
 
 def train_sentencepiece(lines: Iterable[str], output_prefix: str, vocab_size: int) -> str:
-    """Trains on `lines` and writes `<output_prefix>.model/.vocab` via Beam FileSystems."""
+    """Trains on `lines` and writes `<output_prefix>.model/.vocab` (any `pipelines.fs` path)."""
     import sentencepiece as spm  # pylint: disable=g-import-not-at-top
 
     model = io.BytesIO()
@@ -77,11 +76,9 @@ def train_sentencepiece(lines: Iterable[str], output_prefix: str, vocab_size: in
     for piece, expected in special_tokens.SYMBOL_IDS.items():
         if processor.piece_to_id(piece) != expected:
             raise RuntimeError(f"reserved piece {piece} got id {processor.piece_to_id(piece)}, not {expected}")
-    with FileSystems.create(output_prefix + ".model") as f:
-        f.write(model.getvalue())
+    fs.write_bytes(output_prefix + ".model", model.getvalue())
     vocab = "".join(f"{processor.id_to_piece(i)}\t{processor.get_score(i)}\n" for i in range(processor.get_piece_size()))
-    with FileSystems.create(output_prefix + ".vocab") as f:
-        f.write(vocab.encode("utf-8"))
+    fs.write_text(output_prefix + ".vocab", vocab)
     return output_prefix + ".model"
 
 

@@ -19,12 +19,12 @@ from __future__ import annotations
 
 import dataclasses
 import os
-import pathlib
 from typing import Any, Callable, Sequence
 
 import gin
 import numpy as np
 
+from pipelines import fs
 from tasks import mmlu as mmlu_lib
 
 
@@ -185,7 +185,7 @@ def text_files(paths: Sequence[str] = gin.REQUIRED, chunk_chars: int = 4000,
     encode = tokenizer(vocab_path)
     out: list[dict[str, Any]] = []
     for path in paths:
-        text = pathlib.Path(path).read_text(encoding="utf-8")
+        text = fs.read_text(path)  # local or gs:// / s3://
         start, k = 0, 0
         while start < len(text):
             end = min(len(text), start + chunk_chars)
@@ -193,7 +193,7 @@ def text_files(paths: Sequence[str] = gin.REQUIRED, chunk_chars: int = 4000,
             end = nl + 1 if nl > 0 else end
             piece = text[start:end]
             if piece.strip():
-                out.append({"sample_id": f"{pathlib.Path(path).name}#{k}", "text": piece,
+                out.append({"sample_id": f"{fs.basename(path)}#{k}", "text": piece,
                             "token_ids": encode(piece)})
                 k += 1
             start = end
@@ -317,7 +317,7 @@ def niah_prompts(haystack_paths: Sequence[str] = gin.REQUIRED,
     import random
 
     encode = tokenizer(vocab_path)
-    text = "\n".join(pathlib.Path(p).read_text(encoding="utf-8") for p in haystack_paths)
+    text = "\n".join(fs.read_text(p) for p in haystack_paths)
     # Tokenize only what the longest context can use (~4 chars/token; more if short).
     hay = encode(text[: max(context_lengths) * 8])
     if len(hay) < max(context_lengths):

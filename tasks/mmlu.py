@@ -1,7 +1,8 @@
 """MMLU as SeqIO tasks over the original CSV layout, with lm-eval's prompt.
 
 Data layout (hendrycks/test data.tar, unchanged): `<data_dir>/{dev,val,test}/<subject>_<split>.csv`,
-no header, columns question, A, B, C, D, answer (a letter).
+no header, columns question, A, B, C, D, answer (a letter). `data_dir` may be a local
+directory or a `gs://` / `s3://` prefix (read through pipelines/fs.py).
 
 Prompt (lm-evaluation-harness `mmlu` default template, `first_n` few-shot from dev):
 
@@ -24,30 +25,36 @@ from __future__ import annotations
 
 import csv
 import functools
+import io
 import json
 import os
-import pathlib
 from typing import Iterator, Sequence
+
+from pipelines import fs
 
 LETTERS = ("A", "B", "C", "D")
 SPLITS = ("dev", "val", "test")
 NUM_SHOTS_REGISTERED = (0, 5)
-DEFAULT_DATA_DIR = pathlib.Path(
-    os.environ.get("TAPESTRY_DATA_DIR",
-                   pathlib.Path(__file__).resolve().parents[2] / "shared" / "data")) / "mmlu"
+_BESIDE_CHECKOUT = os.path.join(
+    os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))), "shared", "data")
+DEFAULT_DATA_DIR = fs.join(os.environ.get("TAPESTRY_DATA_DIR", _BESIDE_CHECKOUT), "mmlu")
+
+
+def _csv_path(data_dir: str | os.PathLike, split: str, subject: str) -> str:
+    return fs.join(os.fspath(data_dir), split, f"{subject}_{split}.csv")
 
 
 def read_rows(data_dir: str | os.PathLike, split: str, subject: str) -> list[dict[str, str]]:
     """Rows of `<data_dir>/<split>/<subject>_<split>.csv` as dicts (question, A-D, answer)."""
     if split not in SPLITS:
         raise ValueError(f"MMLU split must be one of {SPLITS}, got {split!r}")
-    path = pathlib.Path(data_dir) / split / f"{subject}_{split}.csv"
-    if not path.is_file():
+    path = _csv_path(data_dir, split, subject)
+    if not fs.is_file(path):
         raise FileNotFoundError(
             f"MMLU file {path} not found; expected the original layout "
             f"<data_dir>/{{dev,val,test}}/<subject>_<split>.csv (set TAPESTRY_DATA_DIR)")
     rows = []
-    with path.open(encoding="utf-8", newline="") as f:
+    with io.StringIO(fs.read_text(path), newline="") as f:
         for i, rec in enumerate(csv.reader(f)):
             if len(rec) != 6 or rec[5] not in LETTERS:
                 raise ValueError(f"{path}:{i + 1}: expected 6 columns with an answer in A-D, "
@@ -59,10 +66,8 @@ def read_rows(data_dir: str | os.PathLike, split: str, subject: str) -> list[dic
 def subjects(data_dir: str | os.PathLike, split: str) -> list[str]:
     """Subjects with a CSV file for `split`, sorted."""
     suffix = f"_{split}.csv"
-    folder = pathlib.Path(data_dir) / split
-    if not folder.is_dir():
-        return []
-    return sorted(p.name[: -len(suffix)] for p in folder.glob(f"*{suffix}"))
+    files = fs.glob(fs.join(os.fspath(data_dir), split, f"*{suffix}"))
+    return sorted(fs.basename(p)[: -len(suffix)] for p in files)
 
 
 def header(subject: str) -> str:
@@ -139,7 +144,7 @@ def register(data_dir: str | os.PathLike = DEFAULT_DATA_DIR, vocab_path: str | N
                 sig |= {"label": tf.TensorSpec([], tf.int32),
                         "index": tf.TensorSpec([], tf.int32),
                         "choices": tf.TensorSpec([4], tf.string)}
-                if not (pathlib.Path(data_dir) / split / f"{_subject}_{split}.csv").is_file():
+                if not fs.is_file(_csv_path(data_dir, split, _subject)):
                     raise FileNotFoundError(f"no {split} file for MMLU subject {_subject!r} "
                                             f"under {data_dir}")
                 return tf.data.Dataset.from_generator(

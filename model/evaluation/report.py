@@ -10,7 +10,7 @@
 A report is a list of `Section`s; each eval suite contributes its own, and callers
 may append more (training curves, ...) through `write_report(extra_sections=...)`.
 `SampleLog` appends samples as they are scored, so an interrupted eval resumes
-where it stopped.
+where it stopped. `<out>` may be local or `gs://`/`s3://` (model/fs.py).
 """
 from __future__ import annotations
 
@@ -21,9 +21,10 @@ import hashlib
 import html
 import json
 import os
-import pathlib
 import subprocess
 from typing import Any, Iterable, Mapping, Sequence
+
+from model import fs
 
 
 def sha256_text(value: Any) -> str:
@@ -53,40 +54,56 @@ class SampleLog:
     `fingerprint` (see `fingerprint`), reopening for different inputs/settings raises.
     """
 
-    def __init__(self, out_dir: str | os.PathLike, task: str, fingerprint: str | None = None):
-        pathlib.Path(out_dir).mkdir(parents=True, exist_ok=True)
-        self.path = pathlib.Path(out_dir) / f"samples_{task}.jsonl"
+    def __init__(self, out_dir: str | os.PathLike, task: str, fingerprint: str | None = None,
+                 read_only: bool = False):
+        # read_only: a process that only reads the log another one writes (multi-host eval).
+        self.read_only = read_only
+        self.path = fs.path(out_dir) / f"samples_{task}.jsonl"
         self.done: dict[str, dict[str, Any]] = {}
         if fingerprint is not None:
             # What the samples were computed from (inputs + settings): resuming on
             # different inputs or settings would mix two evaluations, so refuse.
             fp_path = self.path.with_suffix(".fingerprint")
-            if self.path.exists() and fp_path.exists() and fp_path.read_text() != fingerprint:
+            old = fs.read_text(fp_path) if self.path.exists() and fp_path.exists() else None
+            if old is not None and old != fingerprint:
                 raise ValueError(
                     f"{self.path} was written for other inputs or settings than this run's "
-                    f"(fingerprint {fp_path.read_text()[:12]} != {fingerprint[:12]}); use a new "
+                    f"(fingerprint {old[:12]} != {fingerprint[:12]}); use a new "
                     "output dir, or delete the samples file to recompute them")
-            fp_path.write_text(fingerprint)
+            if not read_only:
+                fs.write_text(fp_path, fingerprint)
+        good = []
         if self.path.exists():
-            good = []
-            for line in self.path.read_text(encoding="utf-8").splitlines():
+            for line in fs.read_text(self.path).splitlines():
                 try:
                     rec = json.loads(line)
                 except json.JSONDecodeError:
                     break
                 self.done[str(rec["sample_id"])] = rec
                 good.append(line)
-            self.path.write_text("".join(l + "\n" for l in good), encoding="utf-8")
+        self._out = None
+        if not read_only:  # local: appended and synced per call; remote: see fs.Appender
+            fs.write_text(self.path, "".join(l + "\n" for l in good))
+            self._out = fs.Appender(self.path, fsync=True)
 
     def append(self, records: Iterable[Mapping[str, Any]]) -> None:
-        with self.path.open("a", encoding="utf-8") as f:
+        if self.read_only:
             for rec in records:
-                if "sample_id" not in rec:
-                    raise ValueError("each sample record needs a 'sample_id'")
-                f.write(json.dumps(rec, ensure_ascii=False, default=_json_default) + "\n")
                 self.done[str(rec["sample_id"])] = dict(rec)
-            f.flush()
-            os.fsync(f.fileno())
+            return
+        lines = []
+        for rec in records:
+            if "sample_id" not in rec:
+                raise ValueError("each sample record needs a 'sample_id'")
+            lines.append(json.dumps(rec, ensure_ascii=False, default=_json_default) + "\n")
+            self.done[str(rec["sample_id"])] = dict(rec)
+        if lines:
+            self._out.write("".join(lines))
+
+    def close(self) -> None:
+        """Uploads what is pending (remote logs; also done at exit)."""
+        if self._out is not None:
+            self._out.close()
 
     def records(self) -> list[dict[str, Any]]:
         return list(self.done.values())
@@ -136,7 +153,7 @@ def fmt(value: Any) -> str:
 
 def git_commit(repo: str | os.PathLike | None = None) -> str | None:
     """HEAD commit of the repository (with '+dirty' when the tree has changes)."""
-    repo = repo or pathlib.Path(__file__).resolve().parents[2]
+    repo = repo or os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
     try:
         head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=repo, capture_output=True,
                               text=True, check=True, timeout=10).stdout.strip()
@@ -168,10 +185,10 @@ def run_metadata(checkpoint: str | None, step: int | None, **extra: Any) -> dict
     }
 
 
-def load_results(out_dir: str | os.PathLike) -> dict[str, Any]:
-    path = pathlib.Path(out_dir) / "results.json"
+def load_results(out_dir: fs.PathLike) -> dict[str, Any]:
+    path = fs.path(out_dir) / "results.json"
     if path.exists():
-        return json.loads(path.read_text(encoding="utf-8"))
+        return json.loads(fs.read_text(path))
     return {"meta": {}, "tasks": {}}
 
 
@@ -186,14 +203,10 @@ def finite_or_none(value: Any) -> Any:
     return value
 
 
-def save_results(out_dir: str | os.PathLike, results: Mapping[str, Any]) -> pathlib.Path:
-    """Writes results.json atomically (temp file + rename); nan/inf become null."""
-    path = pathlib.Path(out_dir) / "results.json"
-    tmp = path.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(finite_or_none(results), indent=2, default=_json_default,
-                              allow_nan=False), encoding="utf-8")
-    tmp.replace(path)
-    return path
+def save_results(out_dir: fs.PathLike, results: Mapping[str, Any]) -> fs.epath.Path:
+    """Writes results.json atomically (`fs.write_text`); nan/inf become null."""
+    return fs.write_text(fs.path(out_dir) / "results.json", json.dumps(
+        finite_or_none(results), indent=2, default=_json_default, allow_nan=False))
 
 
 def _md_table(t: Table) -> str:
@@ -214,12 +227,11 @@ th{background:#f3f3f3}td:first-child,th:first-child{text-align:left}img{max-widt
 figure{margin:1em 0}figcaption{font-size:13px;color:#555}code{background:#f5f5f5;padding:0 3px}"""
 
 
-def write_report(out_dir: str | os.PathLike, title: str, meta: Mapping[str, Any],
+def write_report(out_dir: fs.PathLike, title: str, meta: Mapping[str, Any],
                  sections: Sequence[Section],
-                 extra_sections: Sequence[Section] = ()) -> tuple[pathlib.Path, pathlib.Path]:
+                 extra_sections: Sequence[Section] = ()) -> tuple[fs.epath.Path, fs.epath.Path]:
     """Writes report.md (+ plots/*.png) and self-contained report.html; returns both paths."""
-    out = pathlib.Path(out_dir)
-    (out / "plots").mkdir(parents=True, exist_ok=True)
+    out = fs.path(out_dir)
     all_sections = list(sections) + list(extra_sections)
     meta_rows = [(k, v if not isinstance(v, (dict, list)) else json.dumps(v))
                  for k, v in meta.items()]
@@ -235,15 +247,15 @@ def write_report(out_dir: str | os.PathLike, title: str, meta: Mapping[str, Any]
             md.append(_md_table(t))
             body.append(_html_table(t))
         for f in s.figures:
-            (out / "plots" / f"{f.name}.png").write_bytes(f.png)
+            fs.write_bytes(out / "plots" / f"{f.name}.png", f.png)
             md.append(f"\n![{f.caption}](plots/{f.name}.png)\n")
             b64 = base64.b64encode(f.png).decode("ascii")
             body.append(f'<figure><img alt="{html.escape(f.caption)}" '
                         f'src="data:image/png;base64,{b64}"><figcaption>'
                         f"{html.escape(f.caption)}</figcaption></figure>")
     md_path, html_path = out / "report.md", out / "report.html"
-    md_path.write_text("\n".join(md), encoding="utf-8")
-    html_path.write_text(
+    fs.write_text(md_path, "\n".join(md))
+    fs.write_text(html_path,
         f"<!DOCTYPE html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title>"
-        f"<style>{_CSS}</style></head><body>{''.join(body)}</body></html>", encoding="utf-8")
+        f"<style>{_CSS}</style></head><body>{''.join(body)}</body></html>")
     return md_path, html_path

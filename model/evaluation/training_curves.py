@@ -13,13 +13,12 @@ Rows look like {"step": 200, "split": "train", "loss": 3.2, "moe_aux_loss": 1.01
 """
 from __future__ import annotations
 
-import pathlib
 from typing import Any, Mapping
 
 import gin
 import numpy as np
 
-from model import metric_writers
+from model import fs, metric_writers
 from model.evaluation import plots
 from model.evaluation.report import Figure, Section, Table
 
@@ -49,14 +48,14 @@ def expert_usage_summary(rows: list[dict[str, Any]], window: int = 10,
 
 
 @gin.configurable
-def training_curves_section(out_dir: pathlib.Path, results: Mapping[str, Any], *,
+def training_curves_section(out_dir: fs.PathLike, results: Mapping[str, Any], *,
                             model_dir: str | None = gin.REQUIRED, window: int = 10,
                             starved_fraction: float = 0.05) -> list[Section]:
     """The report section (a SectionsFn for `evaluate.extra_sections`)."""
     del out_dir, results
     if not model_dir:
         return []
-    path = pathlib.Path(model_dir) / "metrics.jsonl"
+    path = fs.path(model_dir) / "metrics.jsonl"  # local or gs:// / s3://
     if not path.exists():
         return [Section("Training curves", [f"No {path}: nothing to plot."])]
     train = metric_writers.read_jsonl(path, "train")
