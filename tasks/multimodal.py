@@ -21,6 +21,9 @@ The trainer's input (gin):
     train.get_dataset_fn = @multimodal.get_dataset
     multimodal.get_dataset.cache_dirs = [%CACHE_DIR]
     multimodal.get_dataset.max_images = 2      # per-row budgets; see tasks/packing.py
+
+Each host reads its own whole files of every task's cache; `get_state()` of the
+returned iterator resumes without replay (tasks/resumable_input.py).
 """
 from typing import Any, Iterator, Mapping, Sequence
 
@@ -29,7 +32,7 @@ import numpy as np
 import seqio
 import tensorflow as tf
 
-from tasks import packing, seqio_input, text, vocabulary
+from tasks import packing, resumable, resumable_input, seqio_input, text, vocabulary
 
 KINDS = ("interleaved", "captions", "coco", "librispeech", "speech_manifest", "activitynet_qa", "nextqa", "text")
 TEXT_LM_TASK = "tapestry_mm_text_lm"
@@ -86,9 +89,26 @@ def add_empty_media(example):
             "source_id": tf.constant(""), "source": tf.constant("text"), "source_paths": empty_s}
 
 
+def _as_cached(example, lengths):
+    del lengths
+    return [example]
+
+
+def _text_lm(example, lengths):
+    del lengths
+    return [{"targets": example["targets"]}]  # the packer splits long text itself; no media keys = none
+
+
 def register_tasks() -> None:
-    """Registers every multimodal task and the default mixture (idempotent)."""
+    """Registers every multimodal task (with its resumable source) and the default mixture (idempotent)."""
     names = set(seqio.TaskRegistry.names())
+    for kind in KINDS:
+        resumable.register_source(task_name(kind), resumable.Source(
+            cache_task=task_name(kind), transform=_as_cached, features=packing.INPUT_FEATURES,
+            rebuild=f"`python -m pipelines.preprocess_multimodal --kind={kind} --input=... --cache_dir=DIR`"))
+    resumable.register_source(TEXT_LM_TASK, resumable.Source(
+        cache_task=text.TEXT_TASK, transform=_text_lm, features=("targets",),
+        rebuild="`python -m pipelines.preprocess_text --input=... --cache_dir=DIR`"))
     for kind in KINDS:
         if task_name(kind) not in names:
             seqio.TaskRegistry.add(
@@ -138,27 +158,49 @@ def examples(name: str, split: str, *, shuffle: bool = False, seed: int | None =
 
 @gin.configurable(module="multimodal")
 def get_dataset(cfg: Any, shard_id: int = 0, num_shards: int = 1, start_batch: int = 0, *,
-                cache_dirs: Sequence[str] = (), num_epochs: int | None = None,
+                state: Mapping[str, Any] | None = None, cache_dirs: Sequence[str] = (),
+                num_epochs: int | None = None,
                 max_images: int = 0, image_size: int = 224, max_audio: int = 0, audio_frames: int = 3001,
                 n_mels: int = 80, max_videos: int = 0, video_frames: int = 16, video_frame_size: int = 112,
-                packer_counts: dict | None = None) -> Iterator[dict[str, np.ndarray]]:
+                shuffle_buffer_size: int = 1000, cycle_length: int = 4, log_drops_every: int = 100,
+                resumable_input_enabled: bool = True) -> Iterator[dict[str, np.ndarray]]:
     """The trainer's get_dataset_fn: packed multimodal batches of `batch_size // num_shards` rows.
 
-    Deterministic for (cfg.seed, shard); `start_batch` batches are packed and skipped
-    (packing is sequential, so resuming replays it). `packer_counts`, if given, is
-    updated with the packer's counts (what was split or dropped).
+    Deterministic for (cfg.seed, shard). When every task of the mixture has a resumable
+    source (all of this module's do), each host reads only its whole cache files and the
+    iterator's `get_state()`, passed back as `state=`, resumes in constant time (see
+    tasks/resumable_input.py); without a state `start_batch` batches are packed and
+    skipped. The iterator's `counts` are the packer's (what was split or dropped; drops
+    are also logged every `log_drops_every`).
     """
     seqio_input.check_source(cfg, num_shards, cache_dirs)
     length = dict(cfg.task_feature_lengths)["targets"]
-    packer = packing.MultimodalPacker(packing.PackingConfig(
+    packing_cfg = packing.PackingConfig(
         batch_size=cfg.batch_size // num_shards, length=length, pack=cfg.pack, max_images=max_images,
         image_size=image_size, max_audio=max_audio, audio_frames=audio_frames, n_mels=n_mels,
-        max_videos=max_videos, video_frames=video_frames, video_frame_size=video_frame_size))
+        max_videos=max_videos, video_frames=video_frames, video_frame_size=video_frame_size)
+    name = cfg.mixture_or_task_name
+    if resumable_input_enabled and resumable.task_rates(name) is not None:
+        def make(inner, seed):
+            stream = resumable.mixture_stream(
+                name, cfg.split, dict(cfg.task_feature_lengths), shard_id=shard_id, num_shards=num_shards,
+                seed=seed, shuffle=cfg.shuffle, state=inner["at"] if inner else None,
+                block_size=shuffle_buffer_size, cycle_length=cycle_length, num_epochs=num_epochs)
+            return resumable_input.MultimodalBatches(
+                stream, packing.MultimodalPacker(packing_cfg, log_drops_every), resume=inner)
+
+        return resumable_input.ResumableBatches(make, shard_id=shard_id, num_shards=num_shards, seed=cfg.seed,
+                                                start_batch=start_batch, state=state)
+    return _replayed_batches(cfg, packing.MultimodalPacker(packing_cfg, log_drops_every), shard_id, num_shards,
+                             start_batch, num_epochs)
+
+
+def _replayed_batches(cfg: Any, packer: packing.MultimodalPacker, shard_id: int, num_shards: int,
+                      start_batch: int, num_epochs: int | None) -> Iterator[dict[str, np.ndarray]]:
+    """SeqIO's mixture through the packer; resuming packs and discards `start_batch` batches."""
     stream = examples(cfg.mixture_or_task_name, cfg.split, shuffle=cfg.shuffle, seed=cfg.seed, num_epochs=num_epochs,
                       shard_id=shard_id, num_shards=num_shards)
     for i, batch in enumerate(packer(stream)):
-        if packer_counts is not None:
-            packer_counts.update(packer.counts)
         if i >= start_batch:
             yield batch
 

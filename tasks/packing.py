@@ -18,7 +18,7 @@ with length 13, one row, pack=True and a second text example [41, 70]:
     images [1, Mi, 2, 2, 3] uint8 (row's images in token order), image_mask [1, Mi] bool
     audio [B, Ma, T, n_mels] float16, audio_lengths [B, Ma];  videos [B, Mv, F, H, W, 3] uint8, video_lengths
 
-Policy for what does not fit (counted in `MultimodalPacker.counts`):
+Policy for what does not fit (counted in `MultimodalPacker.counts`, drops logged):
   * a text-only example longer than the row is split into row-sized pieces, each its
     own segment (nothing is lost);
   * an example with media is never split (a media run must stay whole and with its
@@ -30,12 +30,19 @@ Policy for what does not fit (counted in `MultimodalPacker.counts`):
 A modality whose budget is 0 is left out of the batch (no keys).
 """
 import dataclasses
+import logging
 from typing import Any, Iterable, Iterator
 
 import numpy as np
 
 from pipelines import special_tokens
 
+log = logging.getLogger("tapestry.packing")
+
+# The example features the packer reads (the rest of a cached example is not parsed).
+INPUT_FEATURES = ("targets", "image_bytes", "image_size", "audio_bytes", "audio_frames", "n_mels",
+                  "video_bytes", "video_frames", "video_frame_size")
+DROP_REASONS = ("dropped_too_long", "dropped_media_budget", "dropped_media_too_long")
 _NO_LOSS_IDS = np.array(sorted(i for ids in special_tokens.MODALITY_IDS.values() for i in ids), dtype=np.int32)
 _PLACEHOLDER = {m: ids[0] for m, ids in special_tokens.MODALITY_IDS.items()}
 
@@ -108,31 +115,43 @@ def _media(example: dict[str, Any], cfg: PackingConfig) -> tuple[list, list, lis
 
 
 class MultimodalPacker:
-    """`packer(examples)` yields packed batches; `counts` says what happened to every example."""
+    """`packer(examples)` yields packed batches; `counts` says what happened to every example.
 
-    def __init__(self, cfg: PackingConfig):
-        self.cfg = cfg
+    Drops (DROP_REASONS) are logged (warning) at the first and every `log_drops_every`-th.
+    """
+
+    def __init__(self, cfg: PackingConfig, log_drops_every: int = 100):
+        if log_drops_every < 1:
+            raise ValueError(f"log_drops_every={log_drops_every} must be >= 1")
+        self.cfg, self.log_drops_every = cfg, log_drops_every
+        self.pending_unit = 0
         self.counts = {"examples": 0, "split_text": 0, "dropped_too_long": 0, "dropped_media_budget": 0,
                        "dropped_media_too_long": 0, "segments": 0, "batches": 0}
 
-    def _units(self, example: dict[str, Any]) -> list[_Unit]:
+    def _drop(self, reason: str, count: bool) -> list[_Unit]:
+        if count:
+            self.counts[reason] += 1
+            dropped = sum(self.counts[r] for r in DROP_REASONS)
+            if dropped == 1 or dropped % self.log_drops_every == 0:
+                log.warning("multimodal packer: %d of %d examples dropped so far (%s)", dropped,
+                            self.counts["examples"], ", ".join(f"{r}={self.counts[r]}" for r in DROP_REASONS))
+        return []
+
+    def _units(self, example: dict[str, Any], count: bool = True) -> list[_Unit]:
         cfg = self.cfg
         tokens = np.append(np.asarray(example["targets"], dtype=np.int32), np.int32(special_tokens.EOS_ID))
         images, audio, videos = _media(example, cfg)
         if not (images or audio or videos):
             if len(tokens) <= cfg.length:
                 return [_Unit(tokens, [], [], [])]
-            self.counts["split_text"] += 1
+            self.counts["split_text"] += count
             return [_Unit(tokens[i:i + cfg.length], [], [], []) for i in range(0, len(tokens), cfg.length)]
         if len(tokens) > cfg.length:
-            self.counts["dropped_too_long"] += 1
-            return []
+            return self._drop("dropped_too_long", count)
         if len(images) > cfg.max_images or len(audio) > cfg.max_audio or len(videos) > cfg.max_videos:
-            self.counts["dropped_media_budget"] += 1
-            return []
+            return self._drop("dropped_media_budget", count)
         if any(a.shape[0] > cfg.audio_frames for a in audio) or any(v.shape[0] > cfg.video_frames for v in videos):
-            self.counts["dropped_media_too_long"] += 1
-            return []
+            return self._drop("dropped_media_too_long", count)
         return [_Unit(tokens, images, audio, videos)]
 
     def _fits(self, row: _Row, unit: _Unit) -> bool:
@@ -143,12 +162,26 @@ class MultimodalPacker:
                 and row.audio + len(unit.audio) <= cfg.max_audio and row.videos + len(unit.videos) <= cfg.max_videos)
 
     def __call__(self, examples: Iterable[dict[str, Any]]) -> Iterator[dict[str, np.ndarray]]:
+        return self.pack(examples)
+
+    def pack(self, examples: Iterable[dict[str, Any]], resume_units: int | None = None
+             ) -> Iterator[dict[str, np.ndarray]]:
+        """Yields packed batches. When a batch is yielded, `pending_unit` is the index of the unit
+        (row piece) of the current example that did not fit and opens the next batch.
+
+        To resume after such a batch: start `examples` at that example, pass its `pending_unit`
+        as `resume_units` and restore `counts`; the example is not counted again.
+        """
         rows: list[_Row] = []
-        for example in examples:
-            self.counts["examples"] += 1
-            for unit in self._units(example):
+        for i, example in enumerate(examples):
+            resuming = i == 0 and resume_units is not None
+            self.counts["examples"] += not resuming
+            units = self._units(example, count=not resuming)
+            for j in range(resume_units if resuming else 0, len(units)):
+                unit = units[j]
                 row = next((r for r in rows if self._fits(r, unit)), None)
                 if row is None and len(rows) == self.cfg.batch_size:
+                    self.pending_unit = j
                     yield self._batch(rows)
                     rows = []
                 if row is None:
@@ -161,6 +194,7 @@ class MultimodalPacker:
                 row.videos += len(unit.videos)
                 self.counts["segments"] += 1
         if rows:
+            self.pending_unit = 0
             yield self._batch(rows)  # last, partly filled batch (padding rows have segment id 0)
 
     def _batch(self, rows: list[_Row]) -> dict[str, np.ndarray]:

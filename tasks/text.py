@@ -17,10 +17,12 @@ adds them); without it, reading fails with the command that builds it.
 
 from __future__ import annotations
 
+import numpy as np
 import seqio
 import tensorflow as tf
 
-from tasks import vocabulary
+from pipelines import special_tokens
+from tasks import resumable, vocabulary
 
 TEXT_TASK = "tapestry_text"
 
@@ -53,8 +55,23 @@ def split_tokens(dataset: tf.data.Dataset, sequence_length) -> tf.data.Dataset:
     return dataset.flat_map(_split).map(lambda ex: {"targets": ex["targets"]})
 
 
+def lm_pieces(example: dict[str, np.ndarray], lengths) -> list[dict[str, np.ndarray]]:
+    """`split_tokens` + `append_eos_after_trim` on one cached example, in numpy (the
+    resumable reader's transform; tests check it against the task's own preprocessors)."""
+    piece = int(lengths["targets"]) - 1
+    if piece < 1:
+        raise ValueError(f"task_feature_lengths['targets']={lengths['targets']} must be >= 2 (tokens + EOS)")
+    tokens = np.asarray(example["targets"], np.int32)
+    return [{"targets": np.append(tokens[i:i + piece], np.int32(special_tokens.EOS_ID))}
+            for i in range(0, len(tokens), piece)]
+
+
 def register_text_task(name: str = TEXT_TASK) -> None:
-    """Registers an LM task over a `pipelines.preprocess_text` cache (idempotent)."""
+    """Registers an LM task over a `pipelines.preprocess_text` cache (idempotent), with
+    its resumable source (tasks/resumable.py)."""
+    resumable.register_source(name, resumable.Source(
+        cache_task=name, transform=lm_pieces, features=("targets",),
+        rebuild=f"`python -m pipelines.preprocess_text --input=... --cache_dir=DIR --task={name}`"))
     if name in seqio.TaskRegistry.names():
         return
     seqio.TaskRegistry.add(

@@ -1,5 +1,6 @@
 """Multimodal SeqIO tasks, the mixture with the text task, and the trainer's get_dataset."""
 import json
+import logging
 import types
 
 import apache_beam as beam
@@ -71,9 +72,7 @@ def test_tasks_read_back_and_text_gets_empty_media(cache_dir):
 
 def test_mixture_batches_in_model_contract(cache_dir):
     multimodal.use_cache_dirs([cache_dir])
-    counts = {}
-    it = multimodal.get_dataset(_cfg(), max_images=2, image_size=32, max_audio=2, audio_frames=201,
-                                packer_counts=counts)
+    it = multimodal.get_dataset(_cfg(), max_images=2, image_size=32, max_audio=2, audio_frames=201)
     batches = [next(it) for _ in range(6)]
     for b in batches:
         assert b["decoder_target_tokens"].shape == (4, 256)
@@ -85,19 +84,49 @@ def test_mixture_batches_in_model_contract(cache_dir):
             assert (ids == st.AUDIO_ID).sum() == sum(-(-int(t) // 4) for t in b["audio_lengths"][r])
         assert not b["decoder_loss_weights"][np.isin(b["decoder_target_tokens"], [3, 4, 5, 6, 7, 8])].any()
     assert any(b["image_mask"].any() for b in batches) and any((b["audio_lengths"] > 0).any() for b in batches)
-    assert counts["examples"] > 0 and counts["dropped_too_long"] == 0
+    assert it.counts["examples"] > 0 and it.counts["dropped_too_long"] == 0
 
 
-def test_deterministic_and_resumable(cache_dir):
+def _run(it, n):
+    batches, states = [], []
+    for _ in range(n):
+        batches.append(next(it))
+        states.append(json.loads(json.dumps(it.get_state())))
+    return batches, states
+
+
+def _equal(a, b):
+    return set(a) == set(b) and all(np.array_equal(a[k], b[k]) for k in a)
+
+
+def test_resume_from_state_gives_the_uninterrupted_batches(cache_dir):
     multimodal.use_cache_dirs([cache_dir])
-    kw = dict(max_images=2, image_size=32, max_audio=2, audio_frames=201)
-    first = [next(it) for it in [multimodal.get_dataset(_cfg(), **kw)] for _ in range(4)]
-    again = multimodal.get_dataset(_cfg(), **kw)
-    resumed = multimodal.get_dataset(_cfg(), start_batch=2, **kw)
-    for a, b in zip(first, [next(again) for _ in range(4)]):
-        assert all(np.array_equal(a[k], b[k]) for k in a)
-    for a, b in zip(first[2:], [next(resumed) for _ in range(2)]):
-        assert all(np.array_equal(a[k], b[k]) for k in a)
+    # Short rows and small budgets: many batches per pass, text split over rows, blocks of 3 records.
+    cfg = _cfg(task_feature_lengths={"targets": 48}, batch_size=2)
+    kw = dict(max_images=1, image_size=32, max_audio=1, audio_frames=201, shuffle_buffer_size=3, cycle_length=2)
+    batches, states = _run(multimodal.get_dataset(cfg, **kw), 40)
+    assert max(len(json.dumps(s)) for s in states) < 4096
+    assert states[-1]["input"]["counts"]["split_text"] > 0
+    for k in (0, 3, 17, 31):
+        resumed = multimodal.get_dataset(cfg, start_batch=k + 1, state=states[k], **kw)
+        again, again_states = _run(resumed, 8)
+        assert all(_equal(a, b) for a, b in zip(again, batches[k + 1:k + 9])), k
+        assert again_states == states[k + 1:k + 9]
+    replayed = multimodal.get_dataset(cfg, start_batch=5, **kw)
+    assert all(_equal(a, b) for a, b in zip(_run(replayed, 3)[0], batches[5:8]))
+
+
+def test_drops_are_counted_and_logged(cache_dir, caplog):
+    multimodal.use_cache_dirs([cache_dir])
+    # No audio slots: every speech example and every interleaved document (image + audio) is dropped.
+    it = multimodal.get_dataset(_cfg(), max_images=2, image_size=32, max_audio=0, log_drops_every=2)
+    with caplog.at_level(logging.WARNING, logger="tapestry.packing"):
+        for _ in range(4):
+            next(it)
+    dropped = it.counts["dropped_media_budget"]
+    assert dropped > 2 and it.get_state()["input"]["counts"]["dropped_media_budget"] == dropped
+    logged = [r.getMessage() for r in caplog.records if "dropped so far" in r.getMessage()]
+    assert logged and len(logged) == 1 + dropped // 2 and f"dropped_media_budget={dropped - dropped % 2}" in logged[-1]
 
 
 def test_unknown_name_is_a_clear_error(cache_dir):
