@@ -8,7 +8,8 @@
 binding `NAME = VALUE`; a VALUE that is not a gin literal or reference (say a bare
 path) is taken as a string, so `--gin.MODEL_DIR=/tmp/run` needs no quotes.
 
-Everything is parsed and checked before any compute: an unknown configurable or
+Everything is parsed and checked before any compute: no `--gin_file`, or one that
+does not exist, is a one-line error naming it; an unknown configurable or
 parameter fails in gin's parser (naming the binding); a macro set on the command line
 that no configuration references (`--gin.TRAIN_STEPZ=3`) fails here, naming it and the
 nearest known macro.
@@ -18,11 +19,13 @@ from __future__ import annotations
 import argparse
 import ast
 import difflib
+import importlib.util  # noqa: F401  - gin's file loader uses it without importing it
 import os
 import pathlib
 from typing import Sequence
 
 import gin
+from etils import epath
 
 REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
 
@@ -97,6 +100,28 @@ def check_macros_referenced(names: Sequence[str]) -> None:
     del defined
 
 
+def packaged_gin_root() -> list[str]:
+    """[the folder holding the installed copy of gin/] (the wheel's `tapestry_gin/gin/`,
+    pyproject.toml), or [] from a checkout: `gin/...` resolves with no checkout."""
+    spec = importlib.util.find_spec("tapestry_gin")
+    return list(spec.submodule_search_locations or [])[:1] if spec else []
+
+
+def check_gin_files(files: Sequence[str], search_paths: Sequence[str]) -> None:
+    """Raises GinFlagError (one line) when no gin file is given or one is missing."""
+    if not files:
+        raise GinFlagError("no --gin_file given: pass one, e.g. "
+                           "--gin_file=gin/runs/pretrain_synthetic.gin")
+    for name in files:
+        if "://" in name or os.path.isabs(name):
+            candidates = [epath.Path(name)]
+        else:
+            candidates = [epath.Path(root) / name for root in search_paths]
+        if not any(c.exists() for c in candidates):
+            raise GinFlagError(f"--gin_file={name}: no such file (looked in "
+                               f"{', '.join(str(c) for c in candidates)})")
+
+
 def parse_gin_flags(argv: Sequence[str] | None, description: str,
                     finalize: bool = True) -> argparse.Namespace:
     """Parses gin flags from `argv` (sys.argv[1:] when None) into the global gin config.
@@ -107,7 +132,9 @@ def parse_gin_flags(argv: Sequence[str] | None, description: str,
     parser = make_parser(description)
     args, extra = parser.parse_known_args(argv)
     macro_bindings, macros = split_macro_flags(extra)
-    for path in [str(REPO_ROOT), os.getcwd(), *args.gin_search_paths]:
+    search_paths = [str(REPO_ROOT), os.getcwd(), *packaged_gin_root(), *args.gin_search_paths]
+    check_gin_files(args.gin_file, search_paths)
+    for path in search_paths:
         gin.add_config_file_search_path(path)
     gin.parse_config_files_and_bindings(
         args.gin_file, list(args.gin_bindings) + macro_bindings, finalize_config=False)

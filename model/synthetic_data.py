@@ -16,7 +16,8 @@ learn it (loss falls from ln(vocab) towards the motif entropy). Example row, L=1
     decoder_loss_weights   [  1  1  1  1  1  1 |  1  1  1  1  1  1 ]
 
 Row r of global batch b depends only on (seed, split, b, r), so the global batch is
-the same for any number of shards, and `start_batch` skips batches in O(1).
+the same for any number of shards, and `start_batch` (or a saved `get_state()`)
+resumes in O(1).
 
 Media (optional, for multimodal models): with `model_cfg` (the model's
 TransformerConfig) and `media_per_row={'image': 1, 'audio': 1, 'video': 1}`, each row
@@ -28,7 +29,7 @@ with random pixels / log-mels.
 from __future__ import annotations
 
 import zlib
-from typing import Any, Iterator, Mapping
+from typing import Any, Mapping
 
 import gin
 import numpy as np
@@ -127,18 +128,62 @@ def _row(rng: np.random.Generator, length: int, vocab_size: int, pack: bool,
             "decoder_loss_weights": weights.astype(np.float32)}
 
 
+class SyntheticBatches:
+    """Iterator over this shard's rows of global batches `index`, `index + 1`, ...
+
+    Batch b is a pure function of (seed, split, b, rows), so any position is reached
+    in O(1). `get_state()` is the position after the most recently yielded batch,
+    `{'next_batch': b}`; pass it back as `synthetic_dataset_fn(..., state=...)`.
+    """
+
+    def __init__(self, cfg: DatasetConfig, shard_id: int, num_shards: int, index: int, *,
+                 vocab_size: int, min_doc: int, max_motif: int, num_batches: int | None,
+                 model_cfg: Any, media_per_row: Mapping[str, int]):
+        self._length = target_length(cfg)
+        per_shard = cfg.batch_size // num_shards
+        self._rows = range(shard_id * per_shard, (shard_id + 1) * per_shard)
+        self._key = [0 if cfg.seed is None else int(cfg.seed), zlib.crc32(cfg.split.encode())]
+        self._cfg = cfg
+        self._index = index
+        self._num_batches = num_batches
+        self._row_args = (vocab_size, cfg.pack, min_doc, max_motif)
+        self._model_cfg = model_cfg
+        self._media_per_row = media_per_row
+
+    def __iter__(self) -> "SyntheticBatches":
+        return self
+
+    def __next__(self) -> Batch:
+        if self._num_batches is not None and self._index >= self._num_batches:
+            raise StopIteration
+        rows = []
+        for r in self._rows:
+            rng = np.random.default_rng([*self._key, self._index, r])
+            prefix, media = (_media(rng, self._model_cfg, self._media_per_row)
+                             if self._media_per_row else (None, {}))
+            rows.append({**_row(rng, self._length, *self._row_args, prefix), **media})
+        self._index += 1
+        return {k: np.stack([row[k] for row in rows]) for k in rows[0]}
+
+    def get_state(self) -> dict[str, int]:
+        return {"next_batch": self._index}
+
+
 @gin.configurable
 def synthetic_dataset_fn(cfg: DatasetConfig, shard_id: int, num_shards: int,
-                         start_batch: int, *, vocab_size: int = 8192, min_doc: int = 8,
+                         start_batch: int, *, state: Mapping[str, Any] | None = None,
+                         vocab_size: int = 8192, min_doc: int = 8,
                          max_motif: int = 6, num_batches: int | None = None,
                          model_cfg: Any = None,
-                         media_per_row: Mapping[str, int] | None = None) -> Iterator[Batch]:
-    """Yields this shard's rows of synthetic batch `start_batch`, `start_batch + 1`, ...
+                         media_per_row: Mapping[str, int] | None = None) -> SyntheticBatches:
+    """This shard's rows of synthetic batch `start_batch`, `start_batch + 1`, ...
 
     Args:
       cfg: batch_size (global), task_feature_lengths['targets'], seed, split, pack.
       shard_id, num_shards: this host's slice of every global batch.
-      start_batch: first global batch index to yield (resume).
+      start_batch: first global batch index to yield (resume without a state).
+      state: a `get_state()` of an earlier iterator: resume right after its last batch
+        (takes precedence over `start_batch`).
       vocab_size: ids are drawn from [19, vocab_size).
       num_batches: stop after this many batches in total (None: endless).
       model_cfg: the model's TransformerConfig (encoder shapes and slot counts).
@@ -157,18 +202,12 @@ def synthetic_dataset_fn(cfg: DatasetConfig, shard_id: int, num_shards: int,
                          f"num_shards={num_shards}")
     if vocab_size <= FIRST_TEXT_ID + 1:
         raise ValueError(f"vocab_size={vocab_size} must exceed {FIRST_TEXT_ID + 1}")
-    length = target_length(cfg)
-    per_shard = cfg.batch_size // num_shards
-    split_key = zlib.crc32(cfg.split.encode())
-    seed = 0 if cfg.seed is None else int(cfg.seed)
     index = start_batch
-    while num_batches is None or index < num_batches:
-        rows = []
-        for r in range(shard_id * per_shard, (shard_id + 1) * per_shard):
-            rng = np.random.default_rng([seed, split_key, index, r])
-            prefix, media = (_media(rng, model_cfg, media_per_row) if media_per_row
-                             else (None, {}))
-            row = _row(rng, length, vocab_size, cfg.pack, min_doc, max_motif, prefix)
-            rows.append({**row, **media})
-        yield {k: np.stack([row[k] for row in rows]) for k in rows[0]}
-        index += 1
+    if state is not None:
+        if not isinstance(state.get("next_batch"), int) or state["next_batch"] < 0:
+            raise ValueError(f"synthetic_dataset_fn: state={dict(state)} is not a state of "
+                             f"this dataset (expected {{'next_batch': <int >= 0>}})")
+        index = state["next_batch"]
+    return SyntheticBatches(cfg, shard_id, num_shards, index, vocab_size=vocab_size,
+                            min_doc=min_doc, max_motif=max_motif, num_batches=num_batches,
+                            model_cfg=model_cfg, media_per_row=media_per_row)

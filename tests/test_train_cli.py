@@ -24,7 +24,7 @@ def _fails_fast(tmp_path, extra, expected):
     elapsed = time.time() - start
     assert proc.returncode == 2, proc.stderr[-2000:]
     assert expected in proc.stderr, proc.stderr[-2000:]
-    assert elapsed < 10, f"took {elapsed:.1f} s"
+    assert elapsed < 30, f"took {elapsed:.1f} s"  # imports only (~5 s idle), no compile
     assert not (tmp_path / "checkpoints").exists()  # nothing ran
 
 
