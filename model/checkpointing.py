@@ -18,10 +18,9 @@ under `jax.distributed`): the loop saves at the next step boundary and exits cle
 from __future__ import annotations
 
 import dataclasses
+import json
 import logging
 import os
-import pathlib
-import shutil
 import signal
 import time
 import warnings
@@ -30,6 +29,9 @@ from typing import Any
 import gin
 import jax
 import orbax.checkpoint as ocp
+from etils import epath
+
+from model import distributed, fs
 
 STATE, DATA = "state", "data"
 
@@ -70,10 +72,39 @@ class CheckpointShapeError(ValueError):
     """A checkpoint's tree or shapes do not match the model being trained."""
 
 
+class CheckpointDamagedError(ValueError):
+    """A step directory is missing parts that every complete checkpoint has."""
+
+
+class CheckpointRestoreError(RuntimeError):
+    """Checkpoints exist but none could be restored (training will not restart at 0)."""
+
+
+# Errors that mean "these bytes are damaged", as opposed to "reading failed right now"
+# (UNAVAILABLE, DEADLINE_EXCEEDED, PERMISSION_DENIED, RESOURCE_EXHAUSTED, an OOM):
+# only the first kind sends a step to corrupt_checkpoints/; anything else is re-raised.
+_DAMAGE_TYPES = (CheckpointDamagedError, json.JSONDecodeError, FileNotFoundError)
+_DAMAGE_CODES = ("OUT_OF_RANGE:", "DATA_LOSS:", "NOT_FOUND:")  # tensorstore status codes
+
+
+def damage_signature(error: BaseException) -> str | None:
+    """What in `error` (or its causes) marks a damaged checkpoint; None if nothing."""
+    seen = 0
+    while error is not None and seen < 10:
+        if isinstance(error, _DAMAGE_TYPES):
+            return type(error).__name__
+        text = str(error)
+        for code in _DAMAGE_CODES:
+            if code in text:
+                return code.rstrip(":")
+        error, seen = error.__cause__ or error.__context__, seen + 1
+    return None
+
+
 # ---------------------------------------------------------------------- paths
-def _resolve(path: str | pathlib.Path, step: int | None) -> tuple[pathlib.Path, int | None]:
+def _resolve(path: fs.PathLike, step: int | None) -> tuple[epath.Path, int | None]:
     """(checkpoints directory, step) for a model dir, checkpoints dir or step dir."""
-    p = pathlib.Path(path)
+    p = fs.path(path)
     if (p / "checkpoints").is_dir():
         return p / "checkpoints", step
     if p.name.isdigit() and (p / STATE).exists():
@@ -86,7 +117,7 @@ def _resolve(path: str | pathlib.Path, step: int | None) -> tuple[pathlib.Path, 
                             f"MODEL_DIR/checkpoints or MODEL_DIR/checkpoints/<step>")
 
 
-def _manager(directory: pathlib.Path, cfg: CheckpointConfig | None = None,
+def _manager(directory: fs.PathLike, cfg: CheckpointConfig | None = None,
              read_only: bool = False) -> ocp.CheckpointManager:
     """A manager for our two items; read-only ones use the PyTree handler (same
     on-disk format) so they can restore a subtree (`_restore_params`)."""
@@ -98,8 +129,7 @@ def _manager(directory: pathlib.Path, cfg: CheckpointConfig | None = None,
     state_handler = (ocp.PyTreeCheckpointHandler() if read_only
                      else ocp.StandardCheckpointHandler())
     handlers = {STATE: state_handler, DATA: ocp.JsonCheckpointHandler()}
-    if "://" not in str(directory):  # orbax (tensorstore) wants absolute local paths
-        directory = pathlib.Path(os.path.abspath(directory))
+    directory = fs.path(directory)  # absolute when local (tensorstore needs it); gs:// as is
     return ocp.CheckpointManager(directory, options=options, item_handlers=handlers)
 
 
@@ -134,7 +164,7 @@ def check_shapes(saved: Any, expected: Any, what: str) -> None:
 def _metadata_tree(manager: ocp.CheckpointManager, step: int) -> Any:
     meta = manager.item_metadata(step)[STATE]
     if meta is None:
-        raise ValueError(f"step {step} has no readable state metadata")
+        raise CheckpointDamagedError(f"step {step} has no readable state metadata")
     return getattr(meta, "tree", meta)
 
 
@@ -178,7 +208,11 @@ def _restore_params(manager: ocp.CheckpointManager, step: int, target: Any) -> A
 
 
 class PreemptionWatcher:
-    """Flags SIGTERM so the loop can save at the next step boundary and exit."""
+    """Flags SIGTERM so the loop can save at the next step boundary and exit.
+
+    Only for single-process runs: under `jax.distributed` the runtime's own notifier
+    owns SIGTERM (replacing it would leave the other hosts running), and
+    `Checkpointer.should_stop` asks JAX's preemption sync point instead."""
 
     def __init__(self, enabled: bool = True):
         self._caught = False
@@ -201,21 +235,27 @@ class PreemptionWatcher:
 
 
 class Checkpointer:
-    """Saves and restores TrainState + data position under MODEL_DIR/checkpoints."""
+    """Saves and restores TrainState + data position under MODEL_DIR/checkpoints.
 
-    def __init__(self, model_dir: str | pathlib.Path, cfg: CheckpointConfig):
+    Every process of a job calls every method at the same step (each writes and reads
+    its own shards); restore decisions are agreed across processes."""
+
+    def __init__(self, model_dir: str | os.PathLike, cfg: CheckpointConfig):
         self.cfg = cfg
-        self.model_dir = pathlib.Path(model_dir)
+        self.model_dir = fs.path(model_dir)
         self.directory = self.model_dir / "checkpoints"
         self.manager = _manager(self.directory, cfg)
-        self.preemption = PreemptionWatcher(cfg.save_on_sigterm)
+        self.preemption = PreemptionWatcher(cfg.save_on_sigterm
+                                            and not distributed.is_multiprocess())
 
     # -------------------------------------------------------------- saving
     def should_stop(self, step: int) -> bool:
-        """True when a SIGTERM (or a multi-host preemption notice) arrived."""
+        """True when a SIGTERM (or a multi-host preemption notice) arrived; under
+        jax.distributed every process gets True at the same step. Call every step."""
         if self.preemption.caught:
             return True
-        return jax.process_count() > 1 and self.manager.reached_preemption(step)
+        return (distributed.is_multiprocess() and self.cfg.save_on_sigterm
+                and self.manager.reached_preemption(step))
 
     def save(self, step: int, state: Any, data_position: dict[str, Any]) -> bool:
         """Saves `state` (a TrainState) at `step` unless that step already exists."""
@@ -237,41 +277,88 @@ class Checkpointer:
         self.preemption.close()
 
     # ----------------------------------------------------------- restoring
-    def _quarantine(self, step: int, error: Exception) -> None:
-        src = self.directory / str(step)
-        dst_root = self.model_dir / "corrupt_checkpoints"
-        dst_root.mkdir(parents=True, exist_ok=True)
-        dst = dst_root / f"{step}.{int(time.time())}"
+    def latest_data_position(self) -> dict[str, Any] | None:
+        """The data position saved with the newest step (None: no checkpoint, or its
+        position is unreadable; `restore_latest` then decides what to restore)."""
+        steps = self.manager.all_steps()
+        if not steps:
+            return None
+        try:
+            restored = self.manager.restore(max(steps), args=ocp.args.Composite(**{
+                DATA: ocp.args.JsonRestore()}))
+            return dict(restored[DATA])
+        except Exception as e:  # pylint: disable=broad-except
+            log.warning("data position of step %d unreadable (%s)", max(steps), e)
+            return None
+
+    def _quarantine(self, step: int, error: BaseException, signature: str) -> None:
+        """Moves a damaged step to MODEL_DIR/corrupt_checkpoints/ (process 0; the others
+        wait at a barrier) so the run can fall back to the previous one."""
+        dst = self.model_dir / "corrupt_checkpoints" / f"{step}.{int(time.time())}"
         warnings.warn(f"checkpoint step {step} in {self.directory} is unreadable "
-                      f"({type(error).__name__}: {str(error)[:200]}); skipping it "
-                      f"(moved to {dst}) and trying the previous one", RuntimeWarning)
+                      f"({signature}: {type(error).__name__}: {str(error)[:200]}); skipping "
+                      f"it (moved to {dst}) and trying the previous one", RuntimeWarning)
+        src = self.directory / str(step)
         if jax.process_index() == 0 and src.exists():
-            shutil.move(str(src), str(dst))
+            fs.rename(src, dst)  # object stores: copy + delete
+        distributed.barrier(f"quarantine-{step}")
         self.manager.reload()
+
+    def _agree(self, step: int, error: BaseException | None) -> str | None:
+        """All processes' verdict on restoring `step`: None (restored everywhere), a
+        damage signature (quarantine), or raises (a failure that is not damage)."""
+        signature = damage_signature(error) if error is not None else None
+        flags = distributed.gather_flags([signature is not None,
+                                          error is not None and signature is None])
+        if flags[:, 1].any():
+            if error is not None and signature is None:
+                raise error
+            raise CheckpointRestoreError(
+                f"restoring checkpoint step {step} failed on process(es) "
+                f"{list(map(int, flags[:, 1].nonzero()[0]))}; see their logs")
+        if flags[:, 0].any():
+            return signature or "damaged on another process"
+        return None
 
     def restore_latest(self, abstract_state: Any) -> tuple[Any, dict[str, Any]] | None:
         """Restores the newest readable checkpoint into `abstract_state`'s shardings.
 
         Returns (state dict, data position) or None when there is no checkpoint.
-        Damaged checkpoints are skipped with a warning; shape mismatches raise.
+        Steps with a recognised damage signature (`damage_signature`) are moved aside
+        with a warning and the previous step is tried; any other error is raised, as is
+        a shape mismatch, and so is finding checkpoints of which none restores
+        (CheckpointRestoreError: the run never silently restarts at step 0).
         """
         target = abstract_state.as_dict()
-        for step in sorted(self.manager.all_steps(), reverse=True):
+        steps = sorted(self.manager.all_steps(), reverse=True)
+        damaged = []
+        for step in steps:
+            error: BaseException | None = None
+            restored = None
             try:
                 saved = _metadata_tree(self.manager, step)
             except Exception as e:  # pylint: disable=broad-except
-                self._quarantine(step, e)
-                continue
-            check_shapes(saved, target, f"checkpoint {self.directory / str(step)}")
-            try:
-                restored = self.manager.restore(step, args=ocp.args.Composite(**{
-                    STATE: ocp.args.StandardRestore(target),
-                    DATA: ocp.args.JsonRestore()}))
-            except Exception as e:  # pylint: disable=broad-except
-                self._quarantine(step, e)
-                continue
-            log.info("checkpoint: restored step %d from %s", step, self.directory)
-            return restored[STATE], dict(restored[DATA])
+                error = e
+            if error is None:
+                check_shapes(saved, target, f"checkpoint {self.directory / str(step)}")
+                try:
+                    restored = self.manager.restore(step, args=ocp.args.Composite(**{
+                        STATE: ocp.args.StandardRestore(target),
+                        DATA: ocp.args.JsonRestore()}))
+                except Exception as e:  # pylint: disable=broad-except
+                    error = e
+            signature = self._agree(step, error)
+            if signature is None:
+                log.info("checkpoint: restored step %d from %s", step, self.directory)
+                return restored[STATE], dict(restored[DATA])
+            self._quarantine(step, error or RuntimeError("see the other processes"), signature)
+            damaged.append(step)
+        if damaged:
+            raise CheckpointRestoreError(
+                f"none of the {len(damaged)} checkpoints under {self.directory} (steps "
+                f"{damaged}) could be restored; they were moved to "
+                f"{self.model_dir / 'corrupt_checkpoints'}. Refusing to restart from step 0: "
+                f"restore them, or point MODEL_DIR elsewhere to start afresh.")
         return None
 
     def restore_params_for_finetune(self, abstract_params: Any) -> Any:

@@ -22,6 +22,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import math
+import os
 from typing import Any, Callable, Sequence
 
 import flax.linen as nn
@@ -54,19 +55,49 @@ log = logging.getLogger("tapestry.partitioning")
 def initialize_distributed(coordinator_address: str | None = None,
                            num_processes: int | None = None,
                            process_id: int | None = None,
-                           enabled: bool = False) -> None:
+                           enabled: bool = False,
+                           heartbeat_timeout_s: int | None = None,
+                           init_timeout_s: int | None = None) -> None:
     """`jax.distributed.initialize` for multi-host runs (TPU pods, multi-node GPU).
 
-    With `enabled=False` (single host) this does nothing. On TPU pods and SLURM/GPU
-    clusters the three arguments may stay None: JAX discovers them from the environment.
+    On when `enabled=True` or when the environment names a job of several processes
+    (`JAX_NUM_PROCESSES`, as `model.launch_local` sets it). Arguments left None come
+    from the environment: JAX_COORDINATOR_ADDRESS (and JAX_COORDINATOR_BIND_ADDRESS,
+    both read by JAX itself), JAX_NUM_PROCESSES, JAX_PROCESS_ID,
+    TAPESTRY_DIST_HEARTBEAT_TIMEOUT_S, TAPESTRY_DIST_INIT_TIMEOUT_S; then, on TPU pods
+    and SLURM/Open MPI clusters, from JAX's own cluster detection. Timeouts default to
+    JAX's (100 s heartbeat: a dead peer aborts the others after that long; 300 s init).
+    Flags work too: `--gin.initialize_distributed.process_id=1`.
     """
-    if not enabled:
+    env = os.environ
+    env_processes = _env_int("JAX_NUM_PROCESSES")
+    if not enabled and (env_processes or 1) <= 1:
         return
-    jax.distributed.initialize(coordinator_address=coordinator_address,
-                               num_processes=num_processes, process_id=process_id)
+    kwargs: dict[str, Any] = {}
+    heartbeat = heartbeat_timeout_s or _env_int("TAPESTRY_DIST_HEARTBEAT_TIMEOUT_S")
+    init_timeout = init_timeout_s or _env_int("TAPESTRY_DIST_INIT_TIMEOUT_S")
+    if heartbeat:
+        kwargs["heartbeat_timeout_seconds"] = heartbeat
+    if init_timeout:
+        kwargs["initialization_timeout"] = init_timeout
+    jax.distributed.initialize(
+        coordinator_address=coordinator_address or env.get("JAX_COORDINATOR_ADDRESS"),
+        num_processes=num_processes if num_processes is not None else env_processes,
+        process_id=process_id if process_id is not None else _env_int("JAX_PROCESS_ID"),
+        **kwargs)
     log.info("jax.distributed: process %d of %d, %d local / %d global devices",
-                 jax.process_index(), jax.process_count(), jax.local_device_count(),
-                 jax.device_count())
+             jax.process_index(), jax.process_count(), jax.local_device_count(),
+             jax.device_count())
+
+
+def _env_int(name: str) -> int | None:
+    value = os.environ.get(name)
+    if value in (None, ""):
+        return None
+    try:
+        return int(value)
+    except ValueError:
+        raise ValueError(f"environment variable {name}={value!r} must be an integer") from None
 
 
 def resolve_mesh_shape(mesh_shape: Sequence[int], num_devices: int) -> tuple[int, ...]:
