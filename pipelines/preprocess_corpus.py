@@ -17,21 +17,20 @@ Each (source, split) is one `PreprocessMultimodal` (or `PreprocessText`) under
 its own label, so the whole corpus costs one pipeline start-up instead of
 eighteen. Media options are the multimodal job's (`--image_size`, ...); dead
 letters and summaries land beside each task's cache as usual. A summary line per
-(task, split) is printed at the end, and the job fails if any document was lost.
+(task, split) is printed at the end, and the job exits non-zero if any summary does
+not balance (a document lost or duplicated: pipelines/job_summary.py).
 """
 
 from __future__ import annotations
 
-import argparse
-import logging
-import os
 import sys
 import time
 from typing import Sequence
 
 import apache_beam as beam
+from apache_beam.io.filesystems import FileSystems
 
-from pipelines import beam_options, mm_readers, preprocess_multimodal, preprocess_text
+from pipelines import beam_options, job_summary, mm_readers, preprocess_multimodal, preprocess_text
 
 # (kind, manifest path under <corpus_dir>/<split>/ with {split} filled in)
 CORPUS_SOURCES = (
@@ -46,16 +45,17 @@ TEXT_TASK = "tapestry_text"
 
 
 def main(argv: Sequence[str] | None = None) -> dict:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = beam_options.make_parser(__doc__)
     parser.add_argument("--corpus_dir", required=True, help="root written by pipelines.generate_corpus")
-    parser.add_argument("--cache_dir", required=True)
-    parser.add_argument("--splits", default="train,validation,test")
-    parser.add_argument("--vocab", default=preprocess_multimodal.DEFAULT_VOCAB)
+    parser.add_argument("--cache_dir", required=True, help="root of the SeqIO caches (any FileSystems URI)")
+    parser.add_argument("--splits", default="train,validation,test", help="comma-separated corpus splits")
+    parser.add_argument("--vocab", default=preprocess_multimodal.DEFAULT_VOCAB,
+                        help="SentencePiece model: a path, a gs:// or s3:// URI, or package:<pkg>/<file>")
     preprocess_multimodal.add_media_flags(parser)
-    args, beam_args = parser.parse_known_args(argv)
+    args, options = beam_options.parse(parser, argv)
     splits = [s for s in args.splits.split(",") if s]
-    missing = [os.path.join(args.corpus_dir, s, "corpus_info.json") for s in splits
-               if not os.path.exists(os.path.join(args.corpus_dir, s, "corpus_info.json"))]
+    infos = [FileSystems.join(args.corpus_dir, s, "corpus_info.json") for s in splits]
+    missing = [info for info in infos if not FileSystems.exists(info)]
     if missing:
         parser.error(f"no complete corpus split at {missing}; run `python -m pipelines.generate_corpus "
                      f"--output_dir={args.corpus_dir} --split={args.splits}` first")
@@ -66,33 +66,31 @@ def main(argv: Sequence[str] | None = None) -> dict:
 
     start = time.time()
     jobs = []
-    with beam.Pipeline(options=beam_options.pipeline_options(beam_args)) as p:
+    with beam.Pipeline(options=options) as p:
         for split in splits:
-            root = os.path.join(args.corpus_dir, split)
+            root = FileSystems.join(args.corpus_dir, split)
             for kind, manifest in CORPUS_SOURCES:
                 task = f"tapestry_mm_{kind}"
-                path = os.path.join(root, manifest.format(split=split))
+                path = FileSystems.join(root, manifest.format(split=split))
                 _ = p | f"{task}_{split}" >> preprocess_multimodal.PreprocessMultimodal(
                     kind, [path], args.cache_dir, task, cfg, vocab=args.vocab, split=split,
                     reader_options=mm_readers.ReaderOptions())
                 jobs.append((task, split))
             _ = p | f"{TEXT_TASK}_{split}" >> preprocess_text.PreprocessText(
-                [os.path.join(root, TEXT_SOURCE)], args.cache_dir, TEXT_TASK, args.vocab, split=split)
+                [FileSystems.join(root, TEXT_SOURCE)], args.cache_dir, TEXT_TASK, args.vocab, split=split)
+            jobs.append((TEXT_TASK, split))
 
     summaries = {}
     for task, split in jobs:
-        s = preprocess_multimodal.read_summary(args.cache_dir, task, split)
+        s = job_summary.read_summary(args.cache_dir, task, split)
         summaries[f"{task}/{split}"] = s
         print(f"  {task:32s} {split:10s} {s['documents_in']:6d} in {s['examples_out']:6d} out "
               f"{s['dead_lettered']:4d} dead-lettered {s['dead_letter_reasons'] or ''}")
-    unbalanced = [k for k, s in summaries.items() if not s["balanced"]]
-    if unbalanced:
-        raise RuntimeError(f"documents in != out + dead-lettered for {unbalanced}")
-    print(f"[preprocess_corpus] {len(jobs)} multimodal caches + {TEXT_TASK} ({','.join(splits)}) "
-          f"in {time.time() - start:.1f}s -> {args.cache_dir}")
+    print(f"[preprocess_corpus] {len(jobs)} caches ({','.join(splits)}) in {time.time() - start:.1f}s -> "
+          f"{args.cache_dir}")
+    job_summary.exit_if_unbalanced(summaries)
     return summaries
 
 
 if __name__ == "__main__":
-    logging.basicConfig(level=logging.WARNING)
     main(sys.argv[1:])

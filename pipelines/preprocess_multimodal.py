@@ -6,18 +6,23 @@
 
 Kinds and their inputs: see pipelines/mm_readers.py. Steps (each a named PTransform):
 
-    ReadMultimodalDocuments  files -> documents (JSONL kinds read line by line) -> Reshuffle
+    ReadMultimodalDocuments  patterns -> files (matched by the runner) -> documents, record by record
+                             (line-oriented inputs in byte ranges) -> Reshuffle
     EncodeDocuments          decode/normalise media, tokenize, interleave (DoFn.setup loads the
                              tokenizer); main output examples, tagged output dead letters
-    WriteSeqioCache          <cache_dir>/<task>/{<split>.tfrecord-*, info/stats.<split>.json, COMPLETED}
-    WriteDeadLetters         <cache_dir>/<task>/dead_letter.<split>.jsonl  {"id", "source", "reason", "detail"}
+    WriteSeqioCache          <cache_dir>/<task>/{<split>.tfrecord-NNNNN-of-00032, info/stats.<split>.json,
+                             COMPLETED}: fixed shard count, deterministic order, old shards replaced
+    WriteDeadLetters         <cache_dir>/<task>/dead_letter.<split>-NNNNN-of-00008.jsonl
+                             {"id", "source", "reason", "detail"}
     WriteSummary             <cache_dir>/<task>/summary.<split>.json  documents in / out / dead-lettered
 
 Every unreadable, corrupt, truncated, empty, oversize or unsupported item is
 counted in Beam metrics (namespace `preprocess_multimodal`, counter
 `dead_letter_<reason>`) and dead-lettered with its document id and reason; the
 job always finishes, and in == out + dead_lettered (counted independently, and
-checked). A document with one bad part is dead-lettered whole unless
+checked: pipelines/job_summary.py; if it does not hold, the job exits non-zero). A bad
+record of a manifest (a JSONL line, a CSV row, a COCO annotation, a transcript line)
+is one dead letter under its own id, or `<file>:<line>`. A document with one bad part is dead-lettered whole unless
 --drop_bad_parts (then each dropped part is a dead letter with "document_kept").
 The local default is the FnApiRunner in multi_processing mode
 (pipelines/beam_options.py, offline); any other runner is chosen with standard
@@ -25,7 +30,7 @@ PipelineOptions (see README, "Preprocessing").
 """
 import argparse
 import dataclasses
-import json
+import functools
 import logging
 import os
 import sys
@@ -34,44 +39,31 @@ from typing import Sequence
 
 import apache_beam as beam
 
-from pipelines import beam_options, interleave, mm_readers, seqio_cache
+from pipelines import beam_options, interleave, job_summary, mm_readers, seqio_cache, text_io, vocab as vocab_lib
 from pipelines.media_config import REASONS, MediaConfig, clean_detail
 
 NAMESPACE = "preprocess_multimodal"
-DEFAULT_VOCAB = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
-                             "tasks", "vocab", "tapestry_8k.model")
+DEFAULT_VOCAB = vocab_lib.DEFAULT_VOCAB  # the copy inside the installed package (pipelines/vocab.py)
 
 
 class ReadMultimodalDocuments(beam.PTransform):
-    """Input files of one kind -> documents (or error records), rebalanced."""
+    """Input patterns of one kind -> documents (or error records), rebalanced.
+
+    Files are matched by the runner; line-oriented inputs are read in byte ranges
+    (text_io.ReadRanges), other manifests whole, record by record.
+    """
 
     def __init__(self, kind: str, inputs: Sequence[str], opts: mm_readers.ReaderOptions):
         super().__init__()
         self._kind, self._opts = kind, opts
-        self._files = sorted({f for pattern in inputs for f in mm_readers.expand_input(kind, pattern)})
+        self._ranges = text_io.ReadRanges(mm_readers.resolve_inputs(kind, list(inputs)),
+                                          functools.partial(mm_readers.is_line_file, kind))
 
     def expand(self, pipeline):
-        kind = self._kind
-        # JSONL inputs are read line by line (split across workers); other files whole.
-        line_kind = kind if kind in mm_readers.LINE_PARSERS else ("text_jsonl" if kind == "text" else None)
-        by_line = [f for f in self._files if line_kind and (kind != "text" or mm_readers.is_jsonl(f))]
-        whole = [f for f in self._files if f not in by_line]
-        parts = []
-        if by_line:
-            parts.append(
-                pipeline
-                | "LineFiles" >> beam.Create(by_line)
-                | "Lines" >> beam.io.ReadAllFromText(with_filename=True, coder=beam.coders.BytesCoder())
-                | "Parse" >> beam.Map(lambda fl: mm_readers.parse_line(line_kind, fl[0], fl[1]))
-                | "DropBlank" >> beam.Filter(lambda d: d is not None)
-                | "SetSource" >> beam.Map(lambda d: {**d, "source": kind}))
-        if whole:
-            parts.append(
-                pipeline
-                | "WholeFiles" >> beam.Create(whole)
-                | "ReadFiles" >> beam.FlatMap(mm_readers.read_file_or_error, kind, self._opts))
-        docs = parts[0] if len(parts) == 1 else tuple(parts) | "Both" >> beam.Flatten()
-        return docs | "Reshuffle" >> beam.Reshuffle()
+        return (pipeline
+                | "Ranges" >> self._ranges
+                | "Parse" >> beam.FlatMap(mm_readers.range_documents, self._kind, self._opts)
+                | "Reshuffle" >> beam.Reshuffle())
 
 
 class EncodeDoFn(beam.DoFn):
@@ -143,67 +135,21 @@ class EncodeDocuments(beam.PTransform):
         return docs | "Encode" >> beam.ParDo(self._fn).with_outputs("dead_letter", main="examples")
 
 
-def is_document_dead_letter(record: dict) -> bool:
-    """A whole dead-lettered document (not a dropped part of a kept or dead document)."""
-    return "part" not in record
-
-
-class WriteDeadLetters(beam.PTransform):
-    def __init__(self, path: str):
-        super().__init__()
-        self._path = path
-
-    def expand(self, dead):
-        return (dead
-                | "ToJson" >> beam.Map(lambda r: json.dumps(r, sort_keys=True, ensure_ascii=False))
-                | "Write" >> beam.io.WriteToText(self._path, num_shards=1, shard_name_template=""))
-
-
-class WriteSummary(beam.PTransform):
-    """Counts documents in / out / dead-lettered (by reason) with Beam itself; writes one JSON."""
-
-    def __init__(self, path: str):
-        super().__init__()
-        self._path = path
-
-    def expand(self, pcolls):
-        docs, examples, dead, cache_stats = pcolls
-        in_count = docs | "CountIn" >> beam.combiners.Count.Globally()
-        out_count = examples | "CountOut" >> beam.combiners.Count.Globally()
-        reasons = (dead
-                   | "DocLetters" >> beam.Filter(is_document_dead_letter)
-                   | "Reason" >> beam.Map(lambda r: r["reason"])
-                   | "CountReasons" >> beam.combiners.Count.PerElement()
-                   | "ToDict" >> beam.combiners.ToDict())
-        dropped = (dead
-                   | "PartLetters" >> beam.Filter(lambda r: r.get("document_kept", False))
-                   | "CountDropped" >> beam.combiners.Count.Globally())
-        path = self._path
-
-        def write(n_in, n_out, reasons, dropped, stats):
-            n_dead = sum(reasons.values())
-            if n_in != n_out + n_dead:  # would mean a document was lost or duplicated: say so loudly
-                logging.error("%s: %d documents in != %d out + %d dead-lettered", path, n_in, n_out, n_dead)
-            summary = {"documents_in": n_in, "examples_out": n_out, "dead_lettered": n_dead,
-                       "balanced": n_in == n_out + n_dead,
-                       "dead_letter_reasons": dict(sorted(reasons.items())),
-                       "dropped_parts_in_kept_documents": dropped, "cache_stats": stats}
-            with beam.io.filesystems.FileSystems.create(path) as f:
-                f.write(json.dumps(summary, indent=2).encode("utf-8"))
-            return summary
-
-        return in_count | "Write" >> beam.Map(
-            write, n_out=beam.pvalue.AsSingleton(out_count), reasons=beam.pvalue.AsSingleton(reasons),
-            dropped=beam.pvalue.AsSingleton(dropped), stats=beam.pvalue.AsSingleton(cache_stats))
-
-
 def summary_path(cache_dir: str, task: str, split: str) -> str:
-    return os.path.join(seqio_cache.task_cache_dir(cache_dir, task), f"summary.{split}.json")
+    return job_summary.summary_path(cache_dir, task, split)
 
 
 def read_summary(cache_dir: str, task: str, split: str) -> dict:
-    with beam.io.filesystems.FileSystems.open(summary_path(cache_dir, task, split)) as f:
-        return json.loads(f.read())
+    return job_summary.read_summary(cache_dir, task, split)
+
+
+def tallies(docs, examples, dead):
+    """Count dicts for job_summary.WriteSummary: documents in (as read), out (as encoded), dropped parts."""
+    return ((docs | "TallyIn" >> beam.Map(lambda _: {"documents_in": 1}),
+             examples | "TallyOut" >> beam.Map(lambda _: {"documents_out": 1, "examples_out": 1}),
+             dead | "KeptDocs" >> beam.Filter(lambda r: r.get("document_kept", False))
+             | "TallyDropped" >> beam.Map(lambda _: {"dropped_parts_in_kept_documents": 1}))
+            | "Tallies" >> beam.Flatten())
 
 
 class PreprocessMultimodal(beam.PTransform):
@@ -213,7 +159,7 @@ class PreprocessMultimodal(beam.PTransform):
     """
 
     def __init__(self, kind: str, inputs: Sequence[str], cache_dir: str, task: str, cfg: MediaConfig, *,
-                 vocab: str = DEFAULT_VOCAB, split: str = "train", num_shards: int = 0,
+                 vocab: str = DEFAULT_VOCAB, split: str = "train", num_shards: int = seqio_cache.DEFAULT_NUM_SHARDS,
                  reader_options: mm_readers.ReaderOptions = mm_readers.ReaderOptions(),
                  progress_every_s: float = 0.0):
         super().__init__()
@@ -221,59 +167,73 @@ class PreprocessMultimodal(beam.PTransform):
         self._encode = EncodeDocuments(cfg, vocab, progress_every_s)
         self._write = seqio_cache.WriteSeqioCache(cache_dir, task, split, interleave.mm_features(),
                                                   num_shards=num_shards, extra_stats=interleave.example_stats)
-        self._dead_path = os.path.join(seqio_cache.task_cache_dir(cache_dir, task), f"dead_letter.{split}.jsonl")
-        self._summary_path = summary_path(cache_dir, task, split)
+        self._dead_prefix = job_summary.dead_letter_prefix(cache_dir, task, split)
+        self._summary_path = job_summary.summary_path(cache_dir, task, split)
+        self._split = split
 
     def expand(self, pipeline):
         docs = pipeline | "Read" >> self._read
         encoded = docs | "EncodeDocuments" >> self._encode
         stats = encoded.examples | "WriteSeqioCache" >> self._write
-        _ = encoded.dead_letter | "WriteDeadLetters" >> WriteDeadLetters(self._dead_path)
-        return (docs, encoded.examples, encoded.dead_letter, stats) | "WriteSummary" >> WriteSummary(self._summary_path)
+        _ = encoded.dead_letter | "WriteDeadLetters" >> job_summary.WriteDeadLetters(self._dead_prefix)
+        counts = tallies(docs, encoded.examples, encoded.dead_letter)
+        return ((counts, encoded.dead_letter, {self._split: stats})
+                | "WriteSummary" >> job_summary.WriteSummary(self._summary_path))
 
 
 def add_media_flags(parser: argparse.ArgumentParser) -> None:
-    """One --flag per MediaConfig field, with its default."""
-    group = parser.add_argument_group("media normalisation (MediaConfig)")
+    """One --flag per MediaConfig field, with its default (shown by --help)."""
+    group = parser.add_argument_group("media normalisation (MediaConfig; see pipelines/media_config.py)")
     for field in dataclasses.fields(MediaConfig):
+        help_text = field.metadata.get("help", f"MediaConfig.{field.name}")
         if isinstance(field.default, bool):
-            group.add_argument(f"--{field.name}", action=argparse.BooleanOptionalAction, default=field.default)
+            group.add_argument(f"--{field.name}", action=argparse.BooleanOptionalAction, default=field.default,
+                               help=help_text)
         else:
-            group.add_argument(f"--{field.name}", type=type(field.default), default=field.default)
+            group.add_argument(f"--{field.name}", type=type(field.default), default=field.default, help=help_text)
 
 
 def media_config_from_args(args: argparse.Namespace) -> MediaConfig:
     return MediaConfig(**{f.name: getattr(args, f.name) for f in dataclasses.fields(MediaConfig)})
 
 
-def main(argv: Sequence[str] | None = None) -> dict:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+def make_parser() -> argparse.ArgumentParser:
+    parser = beam_options.make_parser(__doc__)
     parser.add_argument("--kind", required=True, help=f"input kind, one of {mm_readers.KINDS}")
-    parser.add_argument("--input", action="append", required=True, help="file, directory or glob; repeatable")
-    parser.add_argument("--cache_dir", required=True)
-    parser.add_argument("--task", default=None, help="task name (default tapestry_mm_<kind>)")
-    parser.add_argument("--split", default="train")
-    parser.add_argument("--vocab", default=DEFAULT_VOCAB, help="SentencePiece model")
-    parser.add_argument("--num_shards", type=int, default=0,
-                        help="TFRecord shards; 0 (default) lets the runner choose, which avoids shuffling every "
-                             "example (media payloads included) before writing")
-    parser.add_argument("--video_dir", default=None, help="video-QA kinds: where the videos are")
-    parser.add_argument("--video_template", default=None, help='video-QA kinds: file name from id, e.g. "v_{video}.mp4"')
+    parser.add_argument("--input", action="append", required=True,
+                        help="file, directory or glob (any FileSystems URI); repeatable")
+    parser.add_argument("--cache_dir", required=True, help="root of the SeqIO caches (any FileSystems URI)")
+    parser.add_argument("--task", default=None, help="task name (None: tapestry_mm_<kind>)")
+    parser.add_argument("--split", default="train", help="split name of the cache")
+    parser.add_argument("--vocab", default=DEFAULT_VOCAB,
+                        help="SentencePiece model: a path, a gs:// or s3:// URI, or package:<pkg>/<file>")
+    parser.add_argument("--num_shards", type=int, default=seqio_cache.DEFAULT_NUM_SHARDS,
+                        help="TFRecord shards (fixed, so a rebuilt cache has the same order; >= training hosts)")
+    parser.add_argument("--video_dir", default=None, help="video-QA kinds: where the videos are (None: beside "
+                                                          "the annotations)")
+    parser.add_argument("--video_template", default=None,
+                        help='video-QA kinds: file name from id, e.g. "v_{video}.mp4" (None: the kind\'s own)')
     parser.add_argument("--progress_every_s", type=float, default=10.0,
                         help="local runner: log documents/s and media/s per worker this often (0: never)")
     add_media_flags(parser)
-    args, beam_args = parser.parse_known_args(argv)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> dict:
+    parser = make_parser()
+    args, options = beam_options.parse(parser, argv)
     try:
-        mm_readers.check_kind(args.kind)
-        for pattern in args.input:
-            mm_readers.expand_input(args.kind, pattern)
+        if args.num_shards < 1:
+            raise ValueError(f"--num_shards must be >= 1, got {args.num_shards}")
+        mm_readers.resolve_inputs(args.kind, args.input)
         cfg = media_config_from_args(args)
     except (ValueError, FileNotFoundError) as e:
         parser.error(str(e))
-    if not os.path.exists(args.vocab) and "://" not in args.vocab:
-        parser.error(f"--vocab {args.vocab} does not exist")
+    try:
+        vocab_lib.check(args.vocab)
+    except ValueError as e:
+        parser.error(str(e))
     task = args.task or f"tapestry_mm_{args.kind}"
-    options = beam_options.pipeline_options(beam_args)
     start = time.time()
     with beam.Pipeline(options=options) as p:
         _ = p | f"Preprocess_{task}_{args.split}" >> PreprocessMultimodal(
@@ -284,9 +244,9 @@ def main(argv: Sequence[str] | None = None) -> dict:
     print(f"{task} [{args.split}]: {summary['documents_in']} documents in, {summary['examples_out']} examples out, "
           f"{summary['dead_lettered']} dead-lettered {summary['dead_letter_reasons']} "
           f"in {time.time() - start:.1f}s -> {seqio_cache.task_cache_dir(args.cache_dir, task)}")
+    job_summary.exit_if_unbalanced({f"{task}/{args.split}": summary})
     return summary
 
 
 if __name__ == "__main__":
-    logging.basicConfig(level=logging.WARNING)
     main(sys.argv[1:])

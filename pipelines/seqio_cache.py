@@ -1,12 +1,20 @@
 """Writing a PCollection of examples in SeqIO's offline-cache layout.
 
-    <cache_dir>/<task dir>/<split>.tfrecord-00000-of-00004   tf.train.Example per example
+    <cache_dir>/<task dir>/<split>.tfrecord-00000-of-00032   tf.train.Example per example
     <cache_dir>/<task dir>/info.<split>.json                  feature shapes and dtypes
     <cache_dir>/<task dir>/stats.<split>.json                 counts (examples, tokens, extras)
     <cache_dir>/<task dir>/COMPLETED                          written last
 
 so that `seqio.get_mixture_or_task(task).get_dataset(split=..., use_cached=True)`
 reads it (the task's dir is its name with ':' as '/', as SeqIO does).
+
+Shards: a fixed count (DEFAULT_NUM_SHARDS = 32, at least as many as the training
+hosts that split the files between them), examples assigned by a hash of their
+`source_id` and sorted inside each shard, so a rebuilt cache holds the same
+examples in the same order (pipelines/shard_writer.py). A rewrite replaces a
+split as a whole: COMPLETED is removed, the split's old shards (any count) are
+deleted, the new ones moved in from a temporary directory, then info, stats and
+COMPLETED are written.
 
 Feature specs are declared by the caller rather than inferred from one sampled
 example (SeqIO's GetInfo does that, and gets variable-size media wrong):
@@ -27,21 +35,20 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import os
 from typing import Any, Callable, Mapping, Sequence
 
 import apache_beam as beam
 import numpy as np
 from apache_beam.io.filesystems import FileSystems
 
-from pipelines import tf_example
+from pipelines import shard_writer, tf_example
 
 SEQIO_VERSION_TAG = "0.0.20"  # info.json "seqio_version": dtypes are stored as declared.
 
 _INT_DTYPES = ("int32", "int64", "bool")
 _FLOAT_DTYPES = ("float32",)
 _DTYPES = _INT_DTYPES + _FLOAT_DTYPES + ("string",)
-_FILES = "_files_written"  # counted alongside the stats, removed before they are written
+DEFAULT_NUM_SHARDS = 32  # >= a typical number of training hosts, each of which reads its own files
 
 
 @dataclasses.dataclass(frozen=True)
@@ -63,7 +70,7 @@ class FeatureSpec:
 
 
 def task_cache_dir(cache_dir: str, task_name: str) -> str:
-    return os.path.join(cache_dir, *task_name.split(":"))
+    return FileSystems.join(cache_dir, *task_name.split(":"))
 
 
 def to_tf_example(example: Mapping[str, Any], features: Mapping[str, FeatureSpec]) -> bytes:
@@ -82,7 +89,7 @@ def to_tf_example(example: Mapping[str, Any], features: Mapping[str, FeatureSpec
             feature.int64_list.value.extend(_flat_ints(value))
         else:
             feature.float_list.value.extend(np.asarray(value, dtype=np.float32).reshape(-1).tolist())
-    return proto.SerializeToString()
+    return proto.SerializeToString(deterministic=True)  # sorted map keys: identical bytes in every process
 
 
 def _is_id_list(value) -> bool:
@@ -156,22 +163,28 @@ class WriteSeqioCache(beam.PTransform):
         split: str,
         features: Mapping[str, FeatureSpec],
         *,
-        num_shards: int = 4,
+        num_shards: int = DEFAULT_NUM_SHARDS,
         token_features: Sequence[str] = ("targets",),
         extra_stats: Callable[[Mapping[str, Any]], Mapping[str, float]] | None = None,
+        key_feature: str = "source_id",
     ):
         super().__init__()
-        if num_shards < 0:
-            raise ValueError(f"num_shards must be >= 1, or 0 to let the runner choose; got {num_shards}")
+        if num_shards < 1:
+            raise ValueError(f"num_shards must be >= 1 (default {DEFAULT_NUM_SHARDS}); got {num_shards}")
         unknown = set(token_features) - set(features)
         if unknown:
             raise ValueError(f"token_features {sorted(unknown)} are not declared in features")
+        if key_feature not in features:
+            raise ValueError(f"key_feature {key_feature!r} is not declared in features")
         self._dir = task_cache_dir(cache_dir, task_name)
         self._split = split
         self._features = dict(features)
         self._num_shards = num_shards
         self._token_features = tuple(token_features)
         self._extra_stats = extra_stats
+        self._key = key_feature
+        self._shards = shard_writer.WriteShards(
+            FileSystems.join(self._dir, f"{split}.tfrecord"), num_shards, fmt="tfrecord", commit=False)
 
     def info(self) -> dict:
         return {
@@ -184,37 +197,32 @@ class WriteSeqioCache(beam.PTransform):
         }
 
     def expand(self, examples):
-        features, split, task_dir = self._features, self._split, self._dir
-        FileSystems.mkdirs(task_dir) if not FileSystems.exists(task_dir) else None
+        features, split, task_dir, key = self._features, self._split, self._dir, self._key
         written = (
             examples
-            | "Serialize" >> beam.Map(to_tf_example, features)
-            | "WriteTFRecord" >> beam.io.WriteToTFRecord(
-                os.path.join(task_dir, f"{split}.tfrecord"),
-                num_shards=self._num_shards,
-                shard_name_template="-SSSSS-of-NNNNN",
-            )
+            | "Serialize" >> beam.Map(lambda ex: (_key_text(ex[key]), to_tf_example(ex, features)))
+            | "WriteShards" >> self._shards
         )
-        # One combine sums the example stats and counts the written files: the count
-        # orders finalisation after the TFRecord write, in one stage, with no side input.
-        stats = examples | "ExampleStats" >> beam.Map(_example_stats, self._token_features, self._extra_stats)
-        files = written | "FileStats" >> beam.Map(lambda _: {_FILES: 1})
-        info = self.info()
+        stats = (
+            examples
+            | "ExampleStats" >> beam.Map(_example_stats, self._token_features, self._extra_stats)
+            | "SumStats" >> beam.CombineGlobally(_SumAndMaxStats())
+        )
+        info, shards = self.info(), self._shards
 
-        def finalize(stats):
+        def finalize(temp_files, stats):
             stats = {"examples": 0, **stats}
-            file_count = stats.pop(_FILES)
-            if not info["num_shards"]:  # the runner chose the shard count: record what was written
-                info["num_shards"] = file_count
-            _write_text(os.path.join(task_dir, f"info.{split}.json"), json.dumps(info, indent=2))
-            _write_text(os.path.join(task_dir, f"stats.{split}.json"), json.dumps(stats, indent=2))
-            _write_text(os.path.join(task_dir, "COMPLETED"), "")
+            completed = FileSystems.join(task_dir, "COMPLETED")
+            if FileSystems.exists(completed):  # no reader may take a half-replaced split for a cache
+                FileSystems.delete([completed])
+            shards.commit(temp_files)
+            _write_text(FileSystems.join(task_dir, f"info.{split}.json"), json.dumps(info, indent=2))
+            _write_text(FileSystems.join(task_dir, f"stats.{split}.json"), json.dumps(stats, indent=2))
+            _write_text(completed, "")
             return stats
 
-        # The write always yields at least one file, so the combine always has an output.
-        return (
-            (stats, files)
-            | "Merge" >> beam.Flatten()
-            | "SumStats" >> beam.CombineGlobally(_SumAndMaxStats()).without_defaults()
-            | "Finalize" >> beam.Map(finalize)
-        )
+        return written | "Finalize" >> beam.Map(finalize, stats=beam.pvalue.AsSingleton(stats))
+
+
+def _key_text(value) -> str:
+    return value.decode("utf-8", "replace") if isinstance(value, bytes) else str(value)

@@ -268,7 +268,6 @@ def test_broken_media_through_the_job(tmp_path):
     summary = job.read_summary(cache, "broken", "train")
     expected = {doc_id: reason for doc_id, (_, _, reason) in broken_media(tmp_path).items()}
     assert summary["balanced"] and (summary["documents_in"], summary["examples_out"]) == (len(expected) + 1, 1)
-    with open(os.path.join(cache, "broken", "dead_letter.train.jsonl")) as f:
-        letters = [json.loads(line) for line in f]
+    letters = job.job_summary.read_dead_letters(cache, "broken", "train")  # sharded JSONL
     assert {l["id"]: l["reason"] for l in letters} == expected
     assert all(" at 0x" not in l["detail"] and l["detail"] for l in letters)

@@ -13,7 +13,7 @@ import sentencepiece as spm
 from PIL import Image
 
 import apache_beam as beam
-from pipelines import beam_options, interleave, preprocess_multimodal as job
+from pipelines import beam_options, interleave, job_summary, preprocess_multimodal as job
 from pipelines.media_config import REASONS, MediaConfig
 from tasks import multimodal
 from tests.test_pipelines_interleave import VOCAB
@@ -37,8 +37,7 @@ def read_back(cache_dir: str, task: str) -> list[dict]:
 
 
 def dead_letters(cache_dir: str, task: str) -> list[dict]:
-    path = os.path.join(cache_dir, task, "dead_letter.train.jsonl")
-    return [json.loads(l) for l in open(path).read().splitlines()]
+    return job_summary.read_dead_letters(cache_dir, task, "train")
 
 
 def _broken_corpus(d) -> dict:
@@ -131,7 +130,9 @@ def test_broken_inputs_of_every_kind(tmp_path):
         "aud-empty": "empty", "part-unsupported": "unsupported", "text-empty": "empty", "one-bad-part": "corrupt"}
     assert by_id["aud-truncated"] in ("truncated", "corrupt") and by_id["vid-truncated"] in ("truncated", "corrupt")
     assert by_id["vid-corrupt"] in ("corrupt", "unsupported")
-    assert sorted(r for i, r in by_id.items() if i.startswith("docs.jsonl:")) == ["bad_record"] * 3  # + not UTF-8
+    # Broken records are dead-lettered under their own id when they carry one (even when not UTF-8), else file:line.
+    assert {k: by_id[k] for k in ("no-parts", "latin-1", "docs.jsonl:16")} == {
+        "no-parts": "bad_record", "latin-1": "bad_record", "docs.jsonl:16": "bad_record"}
     assert summaries["tapestry_mm_captions"]["dead_letter_reasons"] == {"bad_record": 1, "oversize": 1}
     assert summaries["tapestry_mm_librispeech"]["examples_out"] == 1
     assert summaries["tapestry_mm_librispeech"]["dead_letter_reasons"].get("missing_file") == 1

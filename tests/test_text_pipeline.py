@@ -58,8 +58,8 @@ def test_seqio_reads_back_the_same_tokens(cache):
                 None, split=split, use_cached=True, shuffle=False).as_numpy_iterator():
             assert ex["targets"][-1] == special_tokens.EOS_ID
             got[ex["source_id"].decode()] = (ex["targets_pretokenized"].decode(), ex["targets"][:-1].tolist())
-    docs = dict(text_io.read_documents_from_file("b.jsonl", (root / "b.jsonl").read_bytes()))
-    docs.update(text_io.read_documents_from_file("a.txt", (root / "a.txt").read_bytes()))
+    docs = {d["id"]: d["text"] for f in ("a.txt", "b.jsonl")
+            for d in text_io.range_documents(text_io.ReadRange(str(root / f)))}
     rebuilt = {}
     for source_id, (chunk, ids) in got.items():
         assert ids == special_tokens.escape_reserved_ids(sp.encode(chunk))
@@ -93,18 +93,31 @@ def test_unknown_task_names_the_nearest(cache):
         next(seqio_input.get_dataset(DatasetConfig(mixture_or_task_name="tapestry_text_tset")))
 
 
-def test_ranges_split_jsonl_at_lines_and_keep_line_numbers(tmp_path):
-    lines = [json.dumps({"text": f"line {i} " + "x" * (i % 7)}) if i % 5 else "" for i in range(1, 60)]
+def _ranges_with_line_numbers(path: str, range_bytes: int) -> list[text_io.ReadRange]:
+    """What ReadRanges does in Beam, in a loop: plan from the size, count each range's lines, number them."""
+    import os
+
+    planned = list(text_io.plan_ranges((path, os.path.getsize(path)), text_io.is_jsonl, range_bytes))
+    if planned[0].first_line is not None:  # small enough for one range: numbered already
+        return planned
+    counted = [text_io.count_range_lines(r)[1] for r in planned]
+    return list(text_io.number_ranges((path, counted[::-1])))  # any order in, file order out
+
+
+@pytest.mark.parametrize("trailing_newline", [True, False])
+def test_ranges_split_jsonl_at_lines_and_keep_line_numbers(tmp_path, trailing_newline):
+    lines = [json.dumps({"text": f"line {i} " + "x" * (i % 37)}) if i % 5 else "" for i in range(1, 80)]
     path = tmp_path / "docs.jsonl"
-    path.write_text("\n".join(lines))  # no newline after the last line
-    whole = list(text_io.read_documents_from_file(str(path), path.read_bytes()))
-    ranges = list(text_io.plan_ranges(str(path), range_bytes=64))
-    assert len(ranges) > 5
-    assert [r.start for r in ranges[1:]] == [r.end for r in ranges[:-1]]
-    assert ranges[0].start == 0 and ranges[-1].end == path.stat().st_size
-    assert all(path.read_bytes()[r.end - 1:r.end] == b"\n" for r in ranges[:-1])
-    assert [d for r in ranges for d in text_io.read_range_documents(r)] == whole
-    assert whole[0] == ("docs.jsonl:1", json.loads(lines[0])["text"])
+    path.write_text("\n".join(lines) + ("\n" if trailing_newline else ""))
+    whole = list(text_io.read_range_lines(text_io.ReadRange(str(path))))
+    assert whole == [(i + 1, l.encode()) for i, l in enumerate(lines)]
+    for range_bytes in (1, 7, 64, 10_000):
+        ranges = _ranges_with_line_numbers(str(path), range_bytes)
+        assert [r.start for r in ranges[1:]] == [r.end for r in ranges[:-1]]
+        assert ranges[0].start == 0 and ranges[-1].end in (None, path.stat().st_size)
+        assert [x for r in ranges for x in text_io.read_range_lines(r)] == whole, range_bytes
+    docs = [d for r in _ranges_with_line_numbers(str(path), 64) for d in text_io.range_documents(r)]
+    assert docs[0] == {"id": "docs.jsonl:1", "text": json.loads(lines[0])["text"]} and len(docs) == len(whole) - 15
 
 
 def test_plain_text_and_compressed_files_are_one_range(tmp_path):
@@ -113,24 +126,48 @@ def test_plain_text_and_compressed_files_are_one_range(tmp_path):
     (tmp_path / "book.txt").write_text("a\n" * 100)
     with gzip.open(tmp_path / "poem.txt.gz", "wt") as f:
         f.write("zipped\n" * 100)
-    assert list(text_io.plan_ranges(str(tmp_path / "book.txt"), range_bytes=8)) == [
-        text_io.ReadRange(str(tmp_path / "book.txt"))]
-    [r] = text_io.plan_ranges(str(tmp_path / "poem.txt.gz"), range_bytes=8)
-    assert list(text_io.read_range_documents(r)) == [("poem.txt.gz", "zipped\n" * 100)]
+    with gzip.open(tmp_path / "docs.jsonl.gz", "wt") as f:
+        f.write("".join(json.dumps({"text": f"t{i}"}) + "\n" for i in range(50)))
+    for name in ("book.txt", "poem.txt.gz", "docs.jsonl.gz"):
+        path = str(tmp_path / name)
+        assert list(text_io.plan_ranges((path, 200), text_io.is_jsonl, range_bytes=8)) == [text_io.ReadRange(path)]
+    assert list(text_io.range_documents(text_io.ReadRange(str(tmp_path / "poem.txt.gz")))) == [
+        {"id": "poem.txt.gz", "text": "zipped\n" * 100}]
+    docs = list(text_io.range_documents(text_io.ReadRange(str(tmp_path / "docs.jsonl.gz"))))
+    assert docs[49] == {"id": "docs.jsonl.gz:50", "text": "t49"}  # streamed through Beam's gzip handling
 
 
-def test_an_empty_split_still_gets_info_stats_and_completed(tmp_path):
+def _write_cache(examples, root, num_shards, workers):
     import apache_beam as beam
 
-    from pipelines import seqio_cache
+    from pipelines import beam_options, seqio_cache
 
-    options = beam.options.pipeline_options.PipelineOptions(
-        ["--runner=apache_beam.runners.portability.fn_api_runner.FnApiRunner"])
-    with beam.Pipeline(options=options) as p:
-        _ = (p | beam.Create([]).with_output_types(dict)
-             | seqio_cache.WriteSeqioCache(str(tmp_path), "empty", "validation", preprocess_text.TEXT_FEATURES,
-                                           num_shards=0))
-    task_dir = tmp_path / "empty"
+    with beam.Pipeline(options=beam_options.pipeline_options([], num_workers=workers)) as p:
+        _ = (p | beam.Create(examples).with_output_types(dict)
+             | seqio_cache.WriteSeqioCache(str(root), "t", "validation", preprocess_text.TEXT_FEATURES,
+                                           num_shards=num_shards))
+    return {f.name: f.read_bytes() for f in (root / "t").iterdir() if ".tfrecord-" in f.name}
+
+
+def test_cache_shards_are_deterministic_and_replace_the_old_ones(tmp_path):
+    examples = [{"targets": [i, i + 1], "targets_pretokenized": f"t{i}", "source_id": f"d{i}#0",
+                 "source_path": "x"} for i in range(40)]
+    first = _write_cache(examples, tmp_path / "a", num_shards=5, workers=1)
+    assert sorted(first) == [f"validation.tfrecord-{i:05d}-of-00005" for i in range(5)]
+    assert _write_cache(examples[::-1], tmp_path / "b", num_shards=5, workers=2) == first  # same bytes
+    # Rewriting with another shard count leaves no stale shard for SeqIO's glob to pick up.
+    task_dir = tmp_path / "a" / "t"
+    (task_dir / "validation.tfrecord-00013-of-00014").write_bytes(b"stale")
+    again = _write_cache(examples[:3], tmp_path / "a", num_shards=2, workers=2)
+    assert sorted(again) == ["validation.tfrecord-00000-of-00002", "validation.tfrecord-00001-of-00002"]
+    assert json.loads((task_dir / "stats.validation.json").read_text())["examples"] == 3
+    assert not [p for p in task_dir.iterdir() if p.name.startswith(".tmp")]
+
+
+def test_an_empty_split_still_gets_every_shard_info_stats_and_completed(tmp_path):
+    shards = _write_cache([], tmp_path, num_shards=3, workers=1)
+    assert shards == {f"validation.tfrecord-{i:05d}-of-00003": b"" for i in range(3)}
+    task_dir = tmp_path / "t"
     assert json.loads((task_dir / "stats.validation.json").read_text()) == {"examples": 0}
-    assert json.loads((task_dir / "info.validation.json").read_text())["num_shards"] == 1
+    assert json.loads((task_dir / "info.validation.json").read_text())["num_shards"] == 3
     assert (task_dir / "COMPLETED").exists()
