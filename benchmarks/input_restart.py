@@ -1,6 +1,7 @@
 """Benchmark: time to the first batch when training input restarts late vs early (issue 11).
 
-    .venv/bin/python -m benchmarks.input_restart [--tokens_m=6] [--steps=10,5000] [--batch=2] [--length=512]
+    .venv/bin/python -m benchmarks.input_restart [--tokens_m=8] [--steps=10,5000] [--batch=2] [--length=512]
+                                                 [--words=50,1500]  (document lengths; short ones: --words=5,60)
 
 Builds a text cache from generated text with the real job (`pipelines.preprocess_text`,
 16 shards; reused from --work_dir when already there), then, for the trainer's text
@@ -34,29 +35,28 @@ RUNNER = ["--runner=apache_beam.runners.portability.fn_api_runner.FnApiRunner",
           "--direct_running_mode=multi_processing", "--direct_num_workers=2"]
 
 
-def generate_text(path: str, tokens_m: float, seed: int = 0) -> None:
+def generate_text(path: str, tokens_m: float, words: tuple[int, int], seed: int = 0) -> None:
     """JSONL documents of pseudo-words (about 1 token per 1.5 characters with our vocabulary)."""
     rng = np.random.default_rng(seed)
     syllables = np.array([c + v for c in "bcdfghklmnprstvz" for v in ("a", "e", "i", "o", "u", "ai", "ou")])
     chars_needed, written, doc = int(tokens_m * 1e6 * 1.5), 0, 0
     with open(path, "w") as f:
         while written < chars_needed:
-            n_words = int(rng.integers(50, 1500))
+            n_words = int(rng.integers(*words))
             parts = rng.choice(syllables, size=(n_words, 3))
             lengths = rng.integers(1, 4, n_words)
-            words = ["".join(p[:k]) for p, k in zip(parts, lengths)]
-            text = " ".join(words) + "."
+            text = " ".join("".join(p[:k]) for p, k in zip(parts, lengths)) + "."
             f.write(json.dumps({"id": f"g{doc}", "text": text}) + "\n")
             written, doc = written + len(text), doc + 1
 
 
-def build_cache(work_dir: str, tokens_m: float) -> str:
-    cache_dir = os.path.join(work_dir, "cache")
+def build_cache(work_dir: str, tokens_m: float, words: tuple[int, int]) -> str:
+    cache_dir = os.path.join(work_dir, f"cache_{tokens_m:g}M_{words[0]}-{words[1]}w")
     if os.path.exists(os.path.join(cache_dir, TASK, "COMPLETED")):
         print(f"reusing {cache_dir}/{TASK}")
         return cache_dir
     corpus = os.path.join(work_dir, "generated.jsonl")
-    generate_text(corpus, tokens_m)
+    generate_text(corpus, tokens_m, words)
     t0 = time.time()
     proc = subprocess.run([sys.executable, "-m", "pipelines.preprocess_text", f"--input={corpus}",
                            f"--cache_dir={cache_dir}", f"--task={TASK}", "--num_shards=16", *RUNNER],
@@ -81,9 +81,11 @@ def main(argv=None) -> None:
     parser.add_argument("--batch", type=int, default=2, help="rows per step on this host")
     parser.add_argument("--length", type=int, default=512)
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--words", default="50,1500", help="document length range in words (short: 5,60)")
     args = parser.parse_args(argv)
     os.makedirs(args.work_dir, exist_ok=True)
-    cache_dir = build_cache(args.work_dir, args.tokens_m)
+    words = tuple(int(w) for w in args.words.split(","))
+    cache_dir = build_cache(args.work_dir, args.tokens_m, words)
 
     import seqio  # pylint: disable=import-outside-toplevel  (after the build: keeps its import out of the job)
     from tasks import seqio_input, text  # pylint: disable=import-outside-toplevel
@@ -96,7 +98,8 @@ def main(argv=None) -> None:
     last = max(steps)
     with open(os.path.join(cache_dir, TASK, "stats.train.json")) as f:
         stats = json.load(f)
-    print(f"cache: {stats['examples']} examples, {stats.get('targets_tokens', 0) / 1e6:.1f}M tokens; "
+    print(f"cache: {stats['examples']} examples of {words[0]}-{words[1]} words, "
+          f"{stats.get('targets_tokens', 0) / 1e6:.1f}M tokens; "
           f"{last} steps x {args.batch} x {args.length} = {last * args.batch * args.length / 1e6:.1f}M tokens")
 
     # Uninterrupted resumable run: states at the restart steps, the batch after each, throughput.

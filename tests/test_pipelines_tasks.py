@@ -11,7 +11,7 @@ from PIL import Image
 
 from pipelines import preprocess_multimodal as job, preprocess_text, special_tokens as st
 from pipelines.media_config import MediaConfig
-from tasks import multimodal
+from tasks import multimodal, resumable
 from tests.test_pipelines_interleave import VOCAB
 from tests.test_pipelines_media import _wav
 
@@ -127,6 +127,19 @@ def test_drops_are_counted_and_logged(cache_dir, caplog):
     assert dropped > 2 and it.get_state()["input"]["counts"]["dropped_media_budget"] == dropped
     logged = [r.getMessage() for r in caplog.records if "dropped so far" in r.getMessage()]
     assert logged and len(logged) == 1 + dropped // 2 and f"dropped_media_budget={dropped - dropped % 2}" in logged[-1]
+
+
+def test_resumable_sources_read_what_seqio_reads(cache_dir):
+    multimodal.use_cache_dirs([cache_dir])
+
+    def key(e):
+        return (tuple(np.asarray(e["targets"]).tolist()), tuple(e.get("image_bytes", ())),
+                tuple(e.get("audio_bytes", ())), tuple(np.asarray(e.get("audio_frames", ())).tolist()))
+
+    for name in ("tapestry_mm_interleaved", "tapestry_mm_speech_manifest", multimodal.TEXT_LM_TASK):
+        ours = resumable.mixture_stream(name, "train", {"targets": 256}, shard_id=0, num_shards=1, seed=0,
+                                        shuffle=False, num_epochs=1)
+        assert sorted(map(key, ours)) == sorted(map(key, multimodal.examples(name, "train"))), name
 
 
 def test_unknown_name_is_a_clear_error(cache_dir):
