@@ -100,9 +100,8 @@ def _segments_with_soundfile(f, cfg: MediaConfig, what: str, emit) -> list:
     except sf.SoundFileError as e:  # libsndfile stops mid-stream (e.g. "flac decoder lost sync")
         check_not_truncated(declared, cutter.seconds, cfg, what)
         raise BadInput("corrupt", f"{what}: {type(e).__name__}: {e}") from None
-    out = cutter.finish()
     _check_length(cutter, declared, cfg, what)
-    return out
+    return cutter.finish()
 
 
 def av_duration(container, stream) -> float | None:
@@ -154,12 +153,11 @@ def segments_with_av(data: bytes, cfg: MediaConfig, what: str, emit, *,
             if max_seconds is None:
                 check_not_truncated(declared, cutter.seconds, cfg, what)
             raise BadInput(_av_reason(str(e), data), f"{what}: {type(e).__name__}: {e}") from None
-    out = cutter.finish()
     if max_seconds is None:
         _check_length(cutter, declared, cfg, what)
     elif cutter.seconds < cfg.min_audio_seconds:
         return []  # a sound track too short to be an item: the video stands alone
-    return out
+    return cutter.finish()
 
 
 def _av_reason(msg: str, data: bytes) -> str:
