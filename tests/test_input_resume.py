@@ -158,3 +158,12 @@ def test_host_data_sharding_check():
         dataset_config.check_host_data_sharding(_Mesh((1, 1, 8), hosts=2))
     with pytest.raises(ValueError, match="'model' .*spans several hosts"):
         dataset_config.check_host_data_sharding(_Mesh((1, 2, 4), hosts=4))
+
+
+def test_a_state_from_another_host_count_starts_the_share_afresh(cache, caplog):
+    two_hosts = seqio_input.get_dataset(_cfg(), 0, 2, **KW)
+    next(two_hosts)
+    with caplog.at_level("WARNING", logger="tapestry.input"):
+        one_host = seqio_input.get_dataset(_cfg(), 0, 1, start_batch=1, state=two_hosts.get_state(), **KW)
+    assert "host 0 of 2" in caplog.text and "starts from its beginning" in caplog.text
+    assert _equal(next(one_host), next(seqio_input.get_dataset(_cfg(), 0, 1, **KW)))

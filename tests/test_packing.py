@@ -92,3 +92,42 @@ def test_config_mismatch_is_a_clear_error():
         list(packer([image_example([1], 1, [], size=2)]))
     with pytest.raises(ValueError, match="batch_size"):
         packing.PackingConfig(batch_size=0, length=8)
+
+
+def test_resume_mid_example_gives_the_same_batches():
+    """Resuming at the example that closed a batch, from its `pending_unit`, with the saved counts,
+    gives the remaining batches and counts of the uninterrupted run."""
+    cfg = packing.PackingConfig(batch_size=2, length=8, max_images=1, image_size=2)
+    examples = [{"targets": list(range(100, 100 + n))} for n in (19, 3, 12, 5, 30, 2)]
+    examples[2:2] = [image_example([20], 1, []), image_example([20] * 9, 1, [])]  # fits; too long (dropped)
+    position = [0]
+
+    def feed():
+        for i, example in enumerate(examples):
+            position[0] = i
+            yield example
+        position[0] = len(examples)
+
+    packer = packing.MultimodalPacker(cfg)
+    batches, marks = [], []
+    for batch in packer.pack(feed()):
+        batches.append(batch)
+        marks.append((position[0], packer.pending_unit, dict(packer.counts)))
+    assert any(unit > 0 for _, unit, _ in marks) and packer.counts["dropped_too_long"] == 1
+    for k, (i, unit, counts) in enumerate(marks):
+        resumed = packing.MultimodalPacker(cfg)
+        resumed.counts.update(counts)
+        rest = list(resumed.pack(examples[i:], resume_units=unit))
+        assert len(rest) == len(batches) - k - 1, k
+        assert all(np.array_equal(a[key], b[key]) for a, b in zip(rest, batches[k + 1:]) for key in a), k
+        assert resumed.counts == packer.counts, k
+
+
+def test_drops_are_logged_every_n(caplog):
+    packer = packing.MultimodalPacker(packing.PackingConfig(batch_size=1, length=64, max_audio=1, audio_frames=8,
+                                                            n_mels=3), log_drops_every=3)
+    with caplog.at_level("WARNING", logger="tapestry.packing"):
+        list(packer([audio_example(9)] * 7))
+    logged = [r.getMessage() for r in caplog.records]
+    assert packer.counts["dropped_media_too_long"] == 7 and len(logged) == 3  # drops 1, 3 and 6
+    assert "6 of 6 examples dropped so far" in logged[-1] and "dropped_media_too_long=6" in logged[-1]
