@@ -254,14 +254,10 @@ def read_nextqa(path: str, opts: ReaderOptions) -> Iterator[dict]:
                          f"{path}:{reader.line_num}: CSV error, rest of the file not read ({e})")
 
 
-def is_jsonl(path: str) -> bool:
-    return text_io.is_jsonl(path)
-
-
 def read_text_file(path: str, opts: ReaderOptions) -> Iterator[dict]:
     """Plain text: the whole file is one document; JSONL: one per line."""
     del opts
-    if is_jsonl(path):
+    if text_io.is_jsonl(path):
         for n, line in text_io.read_range_lines(text_io.ReadRange(path)):
             doc = parse_line("text_jsonl", path, line, n)
             if doc is not None:
@@ -292,7 +288,7 @@ def check_kind(kind: str) -> None:
 
 def is_line_file(kind: str, path: str) -> bool:
     """Whether the Beam job reads this input of `kind` in line ranges (else whole, record by record)."""
-    return kind in LINE_PARSERS or kind == "librispeech" or (kind == "text" and is_jsonl(path))
+    return kind in LINE_PARSERS or kind == "librispeech" or (kind == "text" and text_io.is_jsonl(path))
 
 
 def resolve_inputs(kind: str, patterns: list[str]) -> list[str]:

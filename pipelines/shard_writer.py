@@ -5,26 +5,71 @@
 
 Input elements are `(key: str, payload: bytes)`. A record goes to shard
 `blake2b(key) % num_shards`, and inside a shard records are ordered by
-(hash, key, payload): the same records give byte-identical files whatever the
-runner, bundling or worker count, so a rebuilt cache feeds training in the same
-order. Shards are written under a temporary directory beside them; `commit`
-then deletes every earlier file of the prefix (any shard count: SeqIO's glob
-`train.tfrecord-*-of-*4` would also match a stale `-of-00014`) and moves the new
-ones into place. A shard is sorted in one worker's memory: pick `num_shards` so
-that a shard stays well under a worker's RAM (~1 GB each is comfortable).
+(hash, key, CRC of the payload): the same records give byte-identical files
+whatever the runner, bundling or worker count, so a rebuilt cache feeds training
+in the same order.
+
+Payloads never pass through the runner's shuffle (media examples are hundreds of
+KB each): each bundle appends its records, already framed, to a spill file in a
+temporary directory beside the shards and emits a small index entry (shard,
+order, spill file, offset, length); only the index is grouped by shard, and each
+shard is then copied together from the spill files in order. `commit` deletes
+every earlier file of the prefix (any shard count: SeqIO's glob
+`train.tfrecord-*-of-*4` would also match a stale `-of-00014`), moves the new
+shards into place and removes the temporary directory.
 """
 
 from __future__ import annotations
 
 import hashlib
+import struct
 import uuid
+import zlib
 from typing import Iterable
 
 import apache_beam as beam
+from apache_beam.io.filesystem import CompressionTypes
 from apache_beam.io.filesystems import FileSystems
 from apache_beam.io.tfrecordio import _TFRecordUtil
 
 FORMATS = ("tfrecord", "lines")
+_MAX_OPEN = 64  # spill files a shard writer keeps open at once
+
+
+def frame(payload: bytes, fmt: str) -> tuple[bytes, int]:
+    """The bytes of one record in the shard file, and a checksum of the payload (order tie-break)."""
+    if fmt == "lines":
+        return payload + b"\n", zlib.crc32(payload)
+    crc = _TFRecordUtil._masked_crc32c(payload)  # pylint: disable=protected-access
+    length = struct.pack("<Q", len(payload))
+    return b"".join([length, struct.pack("<I", _TFRecordUtil._masked_crc32c(length)),  # pylint: disable=protected-access
+                     payload, struct.pack("<I", crc)]), crc
+
+
+class _Spill(beam.DoFn):
+    """(key, payload) -> appended to this bundle's spill file; yields (shard, index entry)."""
+
+    def __init__(self, tmp_dir: str, num_shards: int, fmt: str):
+        self._tmp_dir, self._n, self._fmt = tmp_dir, num_shards, fmt
+
+    def start_bundle(self):
+        self._file = None
+
+    def process(self, element):
+        key, payload = element
+        if self._file is None:
+            self._path = FileSystems.join(self._tmp_dir, f"spill-{uuid.uuid4().hex}")
+            self._file, self._offset = FileSystems.create(self._path), 0
+        data, crc = frame(payload, self._fmt)
+        self._file.write(data)
+        index, order = shard_of(key, self._n)
+        yield index, (order, key, crc, self._path, self._offset, len(data))
+        self._offset += len(data)
+
+    def finish_bundle(self):
+        if self._file is not None:
+            self._file.close()
+            self._file = None
 
 
 def shard_of(key: str, num_shards: int) -> tuple[int, int]:
@@ -68,15 +113,23 @@ class WriteShards(beam.PTransform):
     def temp_name(self, index: int) -> str:
         return FileSystems.join(self._tmp_dir, FileSystems.split(shard_name(self._prefix, index, self._n, self._suffix))[1])
 
-    def _write_shard(self, shard: tuple[int, Iterable[tuple[int, str, bytes]]]) -> str:
-        index, records = shard
-        path = self.temp_name(index)
-        with FileSystems.create(path) as f:
-            for _, _, payload in sorted(records):
-                if self._fmt == "tfrecord":
-                    _TFRecordUtil.write_record(f, payload)
-                else:
-                    f.write(payload + b"\n")
+    def _write_shard(self, shard: tuple[int, Iterable[tuple]]) -> str:
+        """Copies a shard's records from the spill files, in order."""
+        index, entries = shard
+        path, spills = self.temp_name(index), {}
+        with FileSystems.create(path) as out:
+            for _, _, _, spill, offset, length in sorted(entries):
+                if spill not in spills:
+                    if len(spills) >= _MAX_OPEN:
+                        for f in spills.values():
+                            f.close()
+                        spills.clear()
+                    spills[spill] = FileSystems.open(spill, compression_type=CompressionTypes.UNCOMPRESSED)
+                f = spills[spill]
+                f.seek(offset)
+                out.write(f.read(length))
+        for f in spills.values():
+            f.close()
         return path
 
     def commit(self, written: list[str]) -> list[str]:
@@ -90,20 +143,16 @@ class WriteShards(beam.PTransform):
             FileSystems.delete(stale)
         finals = [shard_name(self._prefix, i, self._n, self._suffix) for i in range(self._n)]
         FileSystems.rename([self.temp_name(i) for i in range(self._n)], finals)
+        spills = _existing([FileSystems.join(self._tmp_dir, "spill-*")])
+        if spills:
+            FileSystems.delete(spills)
         if FileSystems.exists(self._tmp_dir):  # object stores have no directory left to delete
             FileSystems.delete([self._tmp_dir])
         return finals
 
     def expand(self, keyed):
-        n = self._n
-
-        def assign(element):
-            key, payload = element
-            index, order = shard_of(key, n)
-            return index, (order, key, payload)
-
         written = (keyed
-                   | "Assign" >> beam.Map(assign)
+                   | "Spill" >> beam.ParDo(_Spill(self._tmp_dir, self._n, self._fmt))
                    | "GroupShards" >> beam.GroupByKey()
                    | "WriteShard" >> beam.Map(self._write_shard)
                    | "Collect" >> beam.combiners.ToList())

@@ -208,8 +208,9 @@ class ReadRanges(beam.PTransform):
         files = (pbegin
                  | "Patterns" >> beam.Create(self._patterns)
                  | "Match" >> fileio.MatchAll()
-                 | "PathSize" >> beam.Map(lambda m: (m.path, m.size_in_bytes))
-                 | "Distinct" >> beam.Distinct())
+                 | "PathSize" >> beam.Map(lambda m: (m.path, m.size_in_bytes)))
+        if len(set(self._patterns)) > 1:  # one glob never lists a file twice; several may
+            files = files | "Distinct" >> beam.Distinct()
         numbered, to_count = (files
                               | "Plan" >> beam.FlatMap(plan_ranges, self._by_lines, self._range_bytes)
                               | "NeedsCount" >> beam.Partition(lambda r, _: int(r.first_line is None), 2))
