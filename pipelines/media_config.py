@@ -107,7 +107,7 @@ TRUNCATION_SLACK_SECONDS = 0.5
 def check_not_truncated(declared: float | None, decoded: float, cfg: MediaConfig, what: str) -> None:
     """BadInput("truncated") when the stream ended far before the duration its header declares."""
     if declared and declared - decoded > cfg.truncation_tolerance * declared + TRUNCATION_SLACK_SECONDS:
-        raise BadInput("truncated", f"{what}: header declares {declared:.2f} s, the stream ends after {decoded:.2f} s")
+        raise BadInput("truncated", f"{what}: header declares {declared:.2f} s, only {decoded:.2f} s decode")
 
 
 def check_duration(declared: float | None, cfg: MediaConfig, what: str) -> None:
