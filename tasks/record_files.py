@@ -32,7 +32,7 @@ import tensorflow as tf
 
 log = logging.getLogger("tapestry.input")
 
-_CHUNK = 1 << 22  # bytes per read: large enough for object stores, small for memory
+_CHUNK = 1 << 20  # bytes per read (per open file): large enough for object stores, small in memory
 
 
 class CorruptRecordError(IOError):
