@@ -20,6 +20,7 @@ import argparse
 import difflib
 import logging
 import os
+import shlex
 import sys
 from typing import Sequence
 
@@ -40,8 +41,10 @@ class LocalRunner(FnApiRunner):
     def run_pipeline(self, pipeline, options):
         direct = options.view_as(DirectOptions)
         if direct.direct_running_mode == "multi_processing":
+            # The workers import this package from wherever the launcher did (not only from its cwd).
+            root = shlex.quote(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
             self._default_environment = SubprocessSDKEnvironment.from_command_string(
-                f"{sys.executable} -m pipelines.beam_worker")
+                f"PYTHONPATH={root}${{PYTHONPATH:+:$PYTHONPATH}} {shlex.quote(sys.executable)} -m pipelines.beam_worker")
             direct.direct_running_mode = "in_memory"  # FnApiRunner keeps the environment set above
         return super().run_pipeline(pipeline, options)
 

@@ -96,8 +96,10 @@ def test_a_json_manifest_that_does_not_parse_is_one_error_for_the_file(tmp_path)
 
 @pytest.mark.slow
 def test_the_beam_reading_step_reads_the_same_rows(tmp_path):
-    inputs = {kind: write(tmp_path / kind) for kind, (write, _, _) in CASES.items()
-              if not (tmp_path / kind).mkdir()}
+    inputs = {}
+    for kind, (write, _, _) in CASES.items():
+        (tmp_path / kind).mkdir()
+        inputs[kind] = write(tmp_path / kind)
     out = tmp_path / "ids"
     with beam.Pipeline(options=beam_options.pipeline_options([], num_workers=2)) as p:
         for kind, path in inputs.items():
