@@ -10,13 +10,18 @@ Padding tokens (token_mask False) are not routed and count nowhere.
 Dispatch paths behind one interface:
   'capacity': per group (one batch row), assignments are ranked choice-major
      (all first choices before any second choice, then by position) and the
-     first C per expert kept, C = ceil(cf * T * k / E); kept tokens are gathered
-     into [B, E, C, D] buffers, experts run as one batched einsum, results are
-     gathered back and gate-weighted. Overflow is dropped (the residual carries
-     the token). Gathers instead of one-hot dispatch einsums: O(T*k*D), not O(T*E*C*D).
+     first C_b per expert kept, C_b = ceil(cf * T_b * k / E) with T_b the row's
+     real (unpadded) tokens, so padding never changes what real tokens get: eval
+     scores do not depend on the bucket length. Buffers are sized by the padded
+     length (C = ceil(cf * T * k / E) >= C_b); kept tokens are gathered into
+     [E, B*C, D] buffers, experts run as one batched einsum, results are gathered
+     back and gate-weighted. Overflow is dropped (the residual carries the token).
+     Gathers instead of one-hot dispatch einsums: O(T*k*D), not O(T*E*C*D).
   'dropless': assignments sorted by expert and run through
      `jax.lax.ragged_dot` (grouped matmul); nothing is dropped. On CPU
      ragged_dot lowers to a dense masked product (~E x FLOPs): use on GPU.
+On a mesh whose 'expert' axis is larger than one, both paths exchange tokens with
+explicit all-to-all and keep E/n experts per device (model/moe_parallel.py).
 
 Legend: B batch (groups), T tokens per group, D model width, E experts,
 C capacity per expert and group, F expert hidden, K top-k, A assignments (B*T*K).
@@ -24,11 +29,15 @@ C capacity per expert and group, F expert hidden, K top-k, A assignments (B*T*K)
 from __future__ import annotations
 
 import math
+from typing import Callable
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+import numpy as np
+
+from model import moe_parallel
 from model.layers import Dtype, SwiGLU, constrain, default_init, param_with_axes
 
 DISPATCH_MODES = ("capacity", "dropless")
@@ -55,11 +64,23 @@ def load_balance_loss(experts: jax.Array, probs: jax.Array, token_mask: jax.Arra
     return num_experts ** 2 * jnp.mean(f * p), f
 
 
+def capacities(token_mask: jax.Array, capacity_factor: float, top_k: int, num_experts: int
+               ) -> tuple[int, jax.Array]:
+    """(C for the buffers from the padded length T, C_b [B] int32 from each row's real
+    tokens): ceil(cf * tokens * k / E), at least 1, exactly as MoEConfig.capacity."""
+    t = token_mask.shape[-1]
+    table = [max(1, math.ceil(capacity_factor * n * top_k / num_experts)) for n in range(t + 1)]
+    real = jnp.sum(token_mask, axis=-1, dtype=jnp.int32)
+    return table[t], jnp.asarray(np.asarray(table, np.int32))[real]
+
+
 def capacity_slots(experts: jax.Array, token_mask: jax.Array, num_experts: int,
-                   capacity: int) -> tuple[jax.Array, jax.Array]:
+                   capacity: int, row_capacity: jax.Array | None = None
+                   ) -> tuple[jax.Array, jax.Array]:
     """Buffer slot per assignment: experts [B,T,K] -> (slot [B,T,K] in [0, E*C], kept [B,T,K]).
 
-    Slot E*C is the "dropped" sink. Priority is choice-major, then position.
+    Slot E*C is the "dropped" sink. Priority is choice-major, then position. A row keeps
+    at most row_capacity [B] (<= capacity; default capacity) assignments per expert.
     """
     b, t, k = experts.shape
     valid = jnp.broadcast_to(token_mask[..., None], experts.shape)
@@ -68,7 +89,8 @@ def capacity_slots(experts: jax.Array, token_mask: jax.Array, num_experts: int,
     order = jnp.swapaxes(onehot, 1, 2).reshape(b, k * t, num_experts)  # choice-major
     position = jnp.cumsum(order, axis=1) - 1  # rank within the expert
     position = jnp.sum(position * order, axis=-1).reshape(b, k, t).swapaxes(1, 2)  # [B,T,K]
-    kept = valid & (position < capacity)
+    limit = capacity if row_capacity is None else row_capacity[:, None, None]
+    kept = valid & (position < limit)
     slot = jnp.where(kept, experts * capacity + position, num_experts * capacity)
     return slot.astype(jnp.int32), kept
 
@@ -171,6 +193,37 @@ def _combine_bwd(res, g):
 _combine.defvjp(_combine_fwd, _combine_bwd)
 
 
+def expert_ffn(xb: jax.Array, wi: list[jax.Array], wo: jax.Array) -> jax.Array:
+    """SwiGLU per expert: buffers [E, N, D] -> [E, N, D]."""
+    h = nn.silu(batched_matmul(xb, wi[0])) * batched_matmul(xb, wi[1])  # [E, N, F]
+    return batched_matmul(h, wo)
+
+
+def capacity_moe(x: jax.Array, experts: jax.Array, gates: jax.Array, token_mask: jax.Array,
+                 wi: list[jax.Array], wo: jax.Array, num_experts: int, capacity_factor: float,
+                 to_experts: Callable[[jax.Array], jax.Array],
+                 from_experts: Callable[[jax.Array], jax.Array]
+                 ) -> tuple[jax.Array, jax.Array]:
+    """Capacity dispatch -> experts -> combine: (y [B,T,D], kept [B,T,K]).
+
+    x [B,T,D]; experts/gates [B,T,K]; wi/wo the experts this program holds. Buffers are
+    laid out [E, B*C, D] (expert-major: each expert's tokens one contiguous matrix);
+    `to_experts`/`from_experts` move them to and from the experts' devices (identity plus
+    a sharding constraint on one program; all-to-all under expert parallelism).
+    """
+    c, row_c = capacities(token_mask, capacity_factor, experts.shape[-1], num_experts)
+    slot, kept = capacity_slots(experts, token_mask, num_experts, c, row_c)
+    flat_idx, owner = buffer_indices(slot, kept, num_experts, c)
+    yb = from_experts(expert_ffn(to_experts(_dispatch(x, flat_idx, owner)), wi, wo))
+    ya = _combine(yb, flat_idx, owner)  # [B, T, K, D]; dropped assignments read zeros
+    y = jnp.einsum("BTKD,BTK->BTD", ya, (gates * kept).astype(ya.dtype))
+    return y, kept
+
+
+def _buffers_on_experts(xb: jax.Array) -> jax.Array:
+    return constrain(xb, ("expert", "batch", "embed"))
+
+
 class MoE(nn.Module):
     """Top-k routed SwiGLU experts (+ optional always-on shared experts)."""
     num_experts: int
@@ -186,7 +239,7 @@ class MoE(nn.Module):
     @nn.compact
     def __call__(self, x: jax.Array, token_mask: jax.Array
                  ) -> tuple[jax.Array, dict[str, jax.Array]]:
-        """x [B,T,D], token_mask [B,T] bool -> (y [B,T,D], metrics)."""
+        """x [B,T,D], token_mask [B,T] bool (False: padding) -> (y [B,T,D], metrics)."""
         if self.dispatch not in DISPATCH_MODES:
             raise ValueError(f"MoE.dispatch={self.dispatch!r}: choose one of {DISPATCH_MODES}")
         b, t, d = x.shape
@@ -206,12 +259,25 @@ class MoE(nn.Module):
         wo = param_with_axes(self, "wo", expert_init, (e, f, d), ("expert", "mlp", "embed"),
                              self.param_dtype).astype(self.dtype)
         xc = x.astype(self.dtype)
+        ep = moe_parallel.plan(e, b, f)
         if self.dispatch == "capacity":
-            y, kept = self._capacity(xc, experts, gates, token_mask, wi, wo)
+            if ep is None:
+                y, kept = capacity_moe(xc, experts, gates, token_mask, wi, wo, e,
+                                       self.capacity_factor, _buffers_on_experts,
+                                       _buffers_on_experts)
+            else:
+                def body(x, experts, gates, token_mask, wi0, wi1, wo):
+                    return capacity_moe(x, experts, gates, token_mask, [wi0, wi1], wo, e,
+                                        self.capacity_factor, ep.to_experts, ep.from_experts)
+                y, kept = ep.run(body, xc, experts, gates, token_mask, wi, wo)
             total = jnp.maximum(jnp.sum(m) * self.top_k, 1.0)
             dropped = 1.0 - jnp.sum(kept.astype(jnp.float32)) / total
         else:
-            y = self._dropless(xc, experts, gates, token_mask, wi, wo)
+            if ep is None:
+                y = self._dropless(xc, experts, gates, token_mask, wi, wo)
+            else:
+                y, _ = ep.run(moe_parallel.dropless_body(ep, e), xc, experts, gates,
+                              token_mask, wi, wo)
             dropped = jnp.zeros((), jnp.float32)
         if self.num_shared_experts:
             shared = self.num_shared_experts * (self.shared_hidden or self.hidden)
@@ -219,20 +285,6 @@ class MoE(nn.Module):
         metrics = {"aux_loss": aux, "router_z_loss": z, "expert_usage": usage,
                    "drop_fraction": dropped, "router_confidence": confidence}
         return y.astype(x.dtype), metrics
-
-    def _capacity(self, x, experts, gates, token_mask, wi, wo):
-        e, k = self.num_experts, self.top_k
-        c = max(1, math.ceil(self.capacity_factor * x.shape[1] * k / e))
-        slot, kept = capacity_slots(experts, token_mask, e, c)  # slot = e*C + pos, sink E*C
-        # Expert buffers laid out [E, B*C, D] (expert-major) so each expert's tokens are
-        # one contiguous matrix.
-        flat_idx, owner = buffer_indices(slot, kept, e, c)
-        xb = constrain(_dispatch(x, flat_idx, owner), ("expert", "batch", "embed"))  # [E,B*C,D]
-        h = nn.silu(batched_matmul(xb, wi[0])) * batched_matmul(xb, wi[1])  # [E, B*C, F]
-        yb = constrain(batched_matmul(h, wo), ("expert", "batch", "embed"))
-        ya = _combine(yb, flat_idx, owner)  # [B, T, K, D]; dropped assignments read zeros
-        y = jnp.einsum("BTKD,BTK->BTD", ya, (gates * kept).astype(ya.dtype))
-        return y, kept
 
     def _dropless(self, x, experts, gates, token_mask, wi, wo):
         b, t, d = x.shape

@@ -35,8 +35,14 @@ MESH_AXES = ("data", "expert", "model")
 BATCH_AXES = ("data", "expert")
 
 # Logical name -> mesh axis (or axes, or None). Overridable from gin.
+# Rules are in priority order and a mesh axis is used once per array: 'expert' comes
+# first so the MoE's dispatched tokens [E, B*C, D] ('expert', 'batch', 'embed') put E on
+# 'expert' and fall back to rows over 'data' (the second 'batch' rule), while plain
+# activations [B, T, D] still split rows over ('data', 'expert').
 DEFAULT_LOGICAL_AXIS_RULES: tuple[tuple[str, Any], ...] = (
+    ("expert", "expert"),
     ("batch", BATCH_AXES),
+    ("batch", "data"),
     ("length", None),
     ("embed", None),
     ("mlp", "model"),
@@ -44,7 +50,6 @@ DEFAULT_LOGICAL_AXIS_RULES: tuple[tuple[str, Any], ...] = (
     ("kv_heads", "model"),
     ("head_dim", None),
     ("vocab", "model"),
-    ("expert", "expert"),
     ("layers", None),
 )
 

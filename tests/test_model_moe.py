@@ -122,3 +122,59 @@ def test_aux_loss_formula_by_hand():
     # top-2 gates are the softmax over the two chosen logits
     _, g2, _ = route(logits, top_k=2)
     np.testing.assert_allclose(g2[0, 0], [0.7 / 0.9, 0.2 / 0.9], rtol=1e-5)
+
+
+def test_padding_takes_no_capacity():
+    """Each row's capacity counts its real tokens only: more padding, same routing."""
+    x = _x(b=2, t=10, d=8)
+    mask = jnp.ones((2, 10), bool).at[1, 7:].set(False)
+    moe = MoE(num_experts=4, top_k=2, hidden=16, capacity_factor=1.0)
+    p = moe.init(jax.random.PRNGKey(3), x, mask)["params"]
+    y, m = moe.apply({"params": p}, x, mask)
+    assert float(m["drop_fraction"]) > 0.0  # capacity binds
+    x_pad = jnp.concatenate([x, _x(b=2, t=30, d=8, seed=9)], axis=1)  # junk in the padding
+    mask_pad = jnp.concatenate([mask, jnp.zeros((2, 30), bool)], axis=1)
+    y_pad, m_pad = moe.apply({"params": p}, x_pad, mask_pad)
+    np.testing.assert_allclose(y_pad[:, :10] * mask[..., None], y * mask[..., None],
+                               rtol=1e-6, atol=1e-6)
+    assert float(m_pad["drop_fraction"]) == float(m["drop_fraction"])
+    # C_b = ceil(cf * real tokens * k / E), never more than the buffer capacity C.
+    c, row_c = moe_lib.capacities(mask_pad, 1.0, 2, 4)
+    assert c == 20 and row_c.tolist() == [5, 4]
+
+
+def _scoring_batch(rows, length):
+    """Right-padded scoring rows (segment id 0 and loss weight 0 on the padding)."""
+    batch = {k: np.zeros((len(rows), length), np.int32) for k in
+             ("decoder_input_tokens", "decoder_target_tokens", "decoder_segment_ids",
+              "decoder_positions")}
+    for i, row in enumerate(rows):
+        n = len(row) - 1
+        batch["decoder_input_tokens"][i, :n] = row[:-1]
+        batch["decoder_target_tokens"][i, :n] = row[1:]
+        batch["decoder_segment_ids"][i, :n] = 1
+        batch["decoder_positions"][i, :n] = np.arange(n)
+    batch["decoder_loss_weights"] = (batch["decoder_segment_ids"] > 0).astype(np.float32)
+    return batch
+
+
+def test_capacity_moe_scores_do_not_depend_on_padding():
+    """Eval buckets: the same rows padded to 16 or 64 score the same per token."""
+    from model.config import model_config
+    from model.models import DecoderOnlyModel
+    model = DecoderOnlyModel(model_config("tiny_moe", {
+        "d_model": 32, "num_layers": 2, "num_heads": 2, "num_kv_heads": 2, "head_dim": 16,
+        "d_ff": 64, "vocab_size": 64, "max_len": 64, "image": None, "video": None,
+        "audio": None, "layer_pattern": "m", "moe.expert_hidden": 32,
+        "moe.capacity_factor_eval": 1.0, "attention_backend": "xla"}))
+    rng = np.random.default_rng(0)
+    rows = [rng.integers(2, 64, n) for n in (13, 9, 16)]
+    short, long = _scoring_batch(rows, 16), _scoring_batch(rows, 64)
+    params = jax.jit(model.init)(jax.random.PRNGKey(0), short)
+    score = jax.jit(lambda p, b: (model.score_batch(p, b), model.logits(p, b)[1]))
+    want, metrics = score(params, short)
+    assert float(metrics[0]["drop_fraction"]) > 0.0  # tokens are dropped at eval capacity
+    got, _ = score(params, long)
+    mask = short["decoder_loss_weights"] > 0
+    np.testing.assert_allclose(np.asarray(got)[:, :16][mask], np.asarray(want)[mask],
+                               rtol=1e-5, atol=1e-5)
