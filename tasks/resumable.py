@@ -126,6 +126,8 @@ class TaskStream:
     def __init__(self, task: str, split: str, lengths: Mapping[str, int], *, shard_id: int, num_shards: int,
                  seed: int, shuffle: bool, block_size: int = 1000, cycle_length: int = 4,
                  num_epochs: int | None = None, state: Mapping[str, Any] | None = None):
+        if block_size < 1:
+            raise ValueError(f"shuffle block size (shuffle_buffer_size) must be >= 1, got {block_size}")
         source = _SOURCES[task]
         cache_dir = seqio.get_mixture_or_task(source.cache_task).cache_dir
         if cache_dir is None:
