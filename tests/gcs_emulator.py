@@ -8,6 +8,9 @@ points every client we use at it.
   own file operations and model/fs.py): `STORAGE_EMULATOR_HOST`.
 - TensorStore (orbax's array data): `TENSORSTORE_GCS_HTTP_URL`, plus a fixed test token
   (`GOOGLE_AUTH_TOKEN_FOR_TESTING`) so it does not look for credentials.
+- gcp-storage-emulator 2026.7.19 sends no `x-goog-generation` header with object
+  downloads; TensorStore's OCDBT reads its manifest's generation from it ("Malformed
+  StorageGeneration" otherwise), so `_MAIN` adds the header (as real GCS sends it).
 - TensorFlow's own GCS file system (tf.io.gfile, tf.data, hence SeqIO) has its endpoint
   compiled in (storage.googleapis.com): it cannot be pointed at an emulator (README).
 """
@@ -20,6 +23,25 @@ import subprocess
 import sys
 import time
 from typing import Iterator
+
+
+_MAIN = '''
+import sys
+from gcp_storage_emulator.handlers import objects
+_download = objects.download
+def download(request, response, storage, *args, **kwargs):
+    try:
+        obj = storage.get_file_obj(request.params["bucket_name"], request.params["object_id"])
+        response["x-goog-generation"] = str(obj["generation"])
+        response["x-goog-metageneration"] = str(obj["metageneration"])
+    except Exception:  # missing object: the handler answers 404
+        pass
+    return _download(request, response, storage, *args, **kwargs)
+objects.download = download  # before the server module builds its routing table
+from gcp_storage_emulator.__main__ import main
+sys.argv[0] = "gcp-storage-emulator"
+sys.exit(main())
+'''
 
 
 def free_port() -> int:
@@ -52,7 +74,7 @@ def running(bucket: str) -> Iterator[dict[str, str]]:
     duration (restored after), and yields them (for child processes)."""
     port = free_port()
     proc = subprocess.Popen(
-        [sys.executable, "-m", "gcp_storage_emulator", "start", "--host=127.0.0.1",
+        [sys.executable, "-c", _MAIN, "start", "--host=127.0.0.1",
          f"--port={port}", "--in-memory", f"--default-bucket={bucket}", "--quiet"],
         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     env = client_env(port)
