@@ -8,7 +8,7 @@ export TAPESTRY_DATA_DIR ?= $(abspath ../shared/data)
 export TF_CPP_MIN_LOG_LEVEL ?= 2
 export JAX_PLATFORMS ?= cpu
 
-.PHONY: venv test demo clean-demo
+.PHONY: venv test demo clean-demo wheel
 
 $(VENV)/.installed: requirements.txt requirements.lock
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -20,6 +20,12 @@ venv: $(VENV)/.installed
 
 test: venv
 	XLA_FLAGS=--xla_force_host_platform_device_count=8 $(PY) -m pytest -q tests
+
+# The package Beam workers and training hosts install (--extra_package, or a container):
+# every subpackage, tasks/vocab and the gin files (README, "Workers need nothing from the launcher").
+wheel: venv
+	$(PY) -m pip wheel . --no-deps -w dist
+	rm -rf build tapestry.egg-info
 
 # ---------------------------------------------------------------------------
 # The demo: generate -> Beam preprocess -> train -> eval. Each stage prints what
