@@ -21,6 +21,7 @@ from typing import Callable, Iterator
 
 import numpy as np
 
+from pipelines import media_io
 from pipelines.media_config import BadInput, MediaConfig, check_duration, check_not_truncated, decoder_errors
 
 _LOG_FLOOR = 1e-6
@@ -176,8 +177,9 @@ def _segments(data: bytes, cfg: MediaConfig, what: str, emit) -> list:
         try:
             return segments_with_av(data, cfg, what, emit)
         except av.FFmpegError as av_error:  # neither can: classify
-            if _flac_header_cut(data):
-                raise BadInput("truncated", f"{what}: the file ends inside its FLAC header ({len(data)} bytes)") from None
+            if media_io.ends_inside_a_declared_block(data):
+                raise BadInput("truncated", f"{what}: the file ends inside a block its header declares "
+                                            f"({len(data)} bytes)") from None
             msg = f"{sf_error}; {av_error}"
             raise BadInput(_av_reason(msg, data), f"{what}: {msg}") from None
     with f:
@@ -196,18 +198,6 @@ _AUDIO_MAGIC = (b"fLaC", b"RIFF", b"OggS", b"ID3", b"\xff\xfb", b"\xff\xf3", b"\
 def _unknown_magic(data: bytes) -> bool:
     return not data.startswith(_AUDIO_MAGIC) and data[4:8] != b"ftyp"
 
-
-def _flac_header_cut(data: bytes) -> bool:
-    """True for a FLAC file that ends inside its metadata blocks (each: 1 byte last-flag/type, 3 bytes length)."""
-    if not data.startswith(b"fLaC"):
-        return False
-    offset, last = 4, False
-    while not last:
-        if offset + 4 > len(data):
-            return True
-        last = bool(data[offset] & 0x80)
-        offset += 4 + int.from_bytes(data[offset + 1:offset + 4], "big")
-    return offset > len(data)
 
 
 def log_mel(wave: np.ndarray, cfg: MediaConfig, what: str = "audio") -> np.ndarray:

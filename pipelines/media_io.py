@@ -78,3 +78,29 @@ def glob(pattern: str) -> list[str]:
         return sorted(m.path for m in FileSystems.match([pattern])[0].metadata_list)
     import glob as _glob
     return sorted(_glob.glob(pattern, recursive=True))
+
+
+def ends_inside_a_declared_block(data: bytes) -> bool:
+    """True when a FLAC or ISO-BMFF (MP4/MOV/M4A) file ends inside a block its own headers declare:
+    a cut download, so `truncated` rather than `corrupt` when no decoder can open it."""
+    if data.startswith(b"fLaC"):  # metadata blocks: 1 byte last-flag/type, 3 bytes length
+        offset, last = 4, False
+        while not last:
+            if offset + 4 > len(data):
+                return True
+            last = bool(data[offset] & 0x80)
+            offset += 4 + int.from_bytes(data[offset + 1:offset + 4], "big")
+        return offset > len(data)
+    if data[4:8] == b"ftyp":  # top-level boxes: 4 bytes size (1: 8-byte size follows; 0: to the end), 4 bytes type
+        offset = 0
+        while offset + 8 <= len(data):
+            size = int.from_bytes(data[offset:offset + 4], "big")
+            if size == 1 and offset + 16 <= len(data):
+                size = int.from_bytes(data[offset + 8:offset + 16], "big")
+            if size == 0:
+                return False
+            if size < 8 or not all(32 <= c < 127 or c == 0xA9 for c in data[offset + 4:offset + 8]):
+                return False  # not a box structure (sizes and ASCII types): corrupt, not cut
+            offset += size
+        return offset > len(data)
+    return False

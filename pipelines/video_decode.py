@@ -22,7 +22,7 @@ import io
 
 import numpy as np
 
-from pipelines import audio_decode
+from pipelines import audio_decode, media_io
 from pipelines.media_config import BadInput, MediaConfig, check_duration, check_not_truncated, decoder_errors
 
 
@@ -81,7 +81,9 @@ def _sample_frames(data: bytes, cfg: MediaConfig, what: str) -> tuple[np.ndarray
     except av.FFmpegError as e:  # FFmpeg stops: classify (anything else is a decoder_error)
         msg = str(e)
         low = msg.lower()
-        if "invalid data" in low and not frames:
+        if not frames and media_io.ends_inside_a_declared_block(data):
+            reason = "truncated"  # e.g. an MP4 cut before its index (moov) box
+        elif "invalid data" in low and not frames:
             reason = "corrupt"
         elif "truncat" in low or "end of file" in low or frames:
             reason = "truncated"

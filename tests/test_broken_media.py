@@ -174,6 +174,16 @@ def test_short_video_is_too_short():
     assert video_decode.sample_frames(make_video(2.0), MediaConfig(min_video_frames=2))[0].shape[0] == 2
 
 
+def test_cut_mp4_is_truncated():
+    """Cut before its index box (moov, written last): no decoder opens it, its boxes say why."""
+    video, with_audio = make_video(3.0), make_video(2.0, audio=True)
+    e = reason_of(video_decode.sample_frames, video[: len(video) // 3], CFG)
+    assert e.reason == "truncated" and "InvalidDataError" in e.detail
+    assert reason_of(audio_decode.decode_audio, with_audio[: len(with_audio) // 2], CFG).reason == "truncated"
+    junk = b"\x00\x00\x00\x18ftypmp42" + b"\x17" * 500  # a valid first box, then no box structure
+    assert reason_of(video_decode.sample_frames, junk, CFG).reason == "corrupt"
+
+
 def test_long_video_refused_from_its_header():
     e = reason_of(video_decode.sample_frames, webm(3.0), MediaConfig(max_media_seconds=2.0))
     assert e.reason == "too_long" and "max_media_seconds 2" in e.detail
