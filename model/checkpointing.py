@@ -8,12 +8,17 @@ run asks its `get_dataset_fn` for exactly the batches an uninterrupted run would
 Saves are atomic (orbax writes a temporary directory and renames it; a kill mid-write
 leaves only the temporary directory, which is never restored). A step directory that
 is nonetheless damaged (truncated files, missing metadata: e.g. a copy cut short or a
-filesystem without atomic rename) is skipped with a warning, moved to
-`MODEL_DIR/corrupt_checkpoints/`, and the previous step is restored instead. A shape
-mismatch is not damage: it raises, naming the parameter.
+filesystem without atomic rename; `damage_signature`) is skipped with a warning, moved
+to `MODEL_DIR/corrupt_checkpoints/` (by process 0, the others at a barrier), and the
+previous step is restored instead. Anything else (an I/O blip, an OOM) is raised and
+moves nothing; a shape mismatch raises naming the parameter; checkpoints that exist but
+all fail to restore raise CheckpointRestoreError rather than restarting at step 0.
+All processes agree on each verdict (one process failing is every process failing).
 
 Single-process runs catch SIGTERM themselves (orbax's `reached_preemption` only works
 under `jax.distributed`): the loop saves at the next step boundary and exits cleanly.
+Under `jax.distributed` the runtime's preemption notifier keeps SIGTERM, and JAX's
+preemption sync point gives every process the same step to save at.
 """
 from __future__ import annotations
 
@@ -169,15 +174,22 @@ def _metadata_tree(manager: ocp.CheckpointManager, step: int) -> Any:
 
 
 # ------------------------------------------------------------------ restoring
-def restore_params(path: str | pathlib.Path, step: int | None = None,
-                   sharding: Any = None) -> tuple[Any, int]:
+def restore_params(path: fs.PathLike, step: int | None = None,
+                   sharding: Any = None, target: Any = None) -> tuple[Any, int]:
     """Loads only the params of a checkpoint (for eval); returns (params, step).
+
+    Elastic: the checkpoint holds global arrays, so it restores onto any mesh and any
+    number of processes, whatever mesh and process count wrote it; each process reads
+    only the slices its devices hold.
 
     Args:
       path: MODEL_DIR, MODEL_DIR/checkpoints or MODEL_DIR/checkpoints/<step>.
       step: which step (None: the latest).
       sharding: a jax Sharding (or a tree of them) for the params; default: the first
         local device.
+      target: instead of `sharding`, the model's abstract params (ShapeDtypeStructs with
+        shardings, e.g. from `Partitioner.param_specs`); shapes are checked against the
+        checkpoint (CheckpointShapeError names the differing parameters).
     """
     directory, step = _resolve(path, step)
     manager = _manager(directory, read_only=True)
@@ -188,11 +200,14 @@ def restore_params(path: str | pathlib.Path, step: int | None = None,
     if step not in steps:
         raise FileNotFoundError(f"step {step} not under {directory}; available: {sorted(steps)}")
     params_meta = _metadata_tree(manager, step)["params"]
-    default = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
-    if sharding is None or isinstance(sharding, jax.sharding.Sharding):
-        sharding = jax.tree.map(lambda _: sharding or default, params_meta)
-    target = jax.tree.map(lambda m, s: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=s),
-                          params_meta, sharding)
+    if target is not None:
+        check_shapes(params_meta, target, f"checkpoint {directory / str(step)}")
+    else:
+        default = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
+        if sharding is None or isinstance(sharding, jax.sharding.Sharding):
+            sharding = jax.tree.map(lambda _: sharding or default, params_meta)
+        target = jax.tree.map(lambda m, s: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=s),
+                              params_meta, sharding)
     params = _restore_params(manager, step, target)
     manager.close()
     return params, step

@@ -10,13 +10,21 @@ batched, length-bucketed, jitted scoring, and writes the report directory
 report.html. Rerunning with the same output dir resumes: finished suites are kept,
 and a suite that was cut short scores only its missing samples.
 
+Sharded and multi-host: parameters are restored (or initialised) straight into the
+shardings the partitioner rules give on the mesh from gin (`Partitioner.mesh_shape`,
+as in training), and the score/decode functions are jitted with those shardings, so a
+preset larger than one device is evaluated as it is trained. On several processes
+(`python -m model.launch_local --num_processes=2 -- python -m model.eval ...`, or the
+same command on every pod host) each host scores its share of every batch's rows, the
+scores are gathered, and process 0 alone writes the report
+(`model/evaluation/sharded.py`).
+
 Eval inputs (tokenized prompts, documents) reach the suites through gin bindings to
 `tasks/eval_inputs.py`; this module never imports tasks/, SeqIO or TensorFlow.
 """
 from __future__ import annotations
 
 import logging
-import pathlib
 import sys
 import time
 from typing import Any, Callable, Sequence
@@ -25,47 +33,37 @@ import gin
 import jax
 import numpy as np
 
-from model import checkpointing, gin_flags, host_malloc
+from model import fs, gin_flags, host_malloc, partitioning
 from model import models  # noqa: F401  - registers DecoderOnlyModel with gin
 from model import train  # noqa: F401  - so experiment gins (train loop included) parse here too
 from model.evaluation import generation  # noqa: F401  - registers GenerationSuite with gin
-from model.evaluation import report, scoring, suites as suites_lib
+from model.evaluation import report, scoring, sharded, suites as suites_lib
 from model.evaluation import training_curves  # noqa: F401  - registers the curves section
-
-try:  # decoding lands separately; only decoding suites need it
-    from model import decoding
-except ImportError:  # pragma: no cover - depends on what is installed in the tree
-    decoding = None
+from model.partitioning import Partitioner
 
 log = logging.getLogger("tapestry.eval")
 
-SectionsFn = Callable[[pathlib.Path, dict[str, Any]], list[report.Section]]
+SectionsFn = Callable[[fs.epath.Path, dict[str, Any]], list[report.Section]]
 
 
-def unbox(params: Any) -> Any:
-    """Plain arrays from flax-boxed (nn.Partitioned) params."""
-    import flax.linen as nn
-    return nn.unbox(params) if params is not None else params
+def one_device_runner(model: Any, max_length: int | None = None) -> sharded.MeshRunner:
+    """A `MeshRunner` on the first device alone (the one-device baseline; tests)."""
+    part = Partitioner(mesh_shape=(1, 1, 1), num_devices=1)
+    return sharded.MeshRunner(model, part, max_length or model.config.max_len)
 
 
 def make_score_fn(model: Any, params: Any) -> scoring.ScoreFn:
     """(numpy batch, positions [B, P]) -> numpy [B, P] log-likelihoods of the targets
-    there; jitted once per shape. Vocabulary logits are computed at those positions only."""
-    jitted = jax.jit(model.score_positions)
-    return lambda batch, positions: np.asarray(jitted(params, batch, positions))
+    there, on one device; vocabulary logits are computed at those positions only."""
+    runner = one_device_runner(model)
+    return runner.score_fn(runner.place(params))
 
 
 def make_candidate_fn(model: Any, params: Any) -> scoring.CandidateFn:
     """(batch, positions [B, P], ids [B, P, C]) -> log-probs [B, P, C] via `model.logits_at`
     (for `SharedContextScorer`: multiple-choice continuations read from one row)."""
-    import jax.numpy as jnp
-
-    def f(params, batch, positions, ids):
-        logp = jax.nn.log_softmax(model.logits_at(params, batch, positions), axis=-1)
-        return jnp.take_along_axis(logp, ids, axis=-1)
-
-    jitted = jax.jit(f)
-    return lambda batch, positions, ids: np.asarray(jitted(params, batch, positions, ids))
+    runner = one_device_runner(model)
+    return runner.candidate_fn(runner.place(params))
 
 
 def prompt_batch(prompts: Sequence[tuple[Sequence[int], dict[str, np.ndarray] | None]]
@@ -81,27 +79,19 @@ def prompt_batch(prompts: Sequence[tuple[Sequence[int], dict[str, np.ndarray] | 
 
 
 def make_generate_fn(model: Any, params: Any) -> Callable[..., list[list[int]]]:
-    """Greedy decoding through `model.decoding.generate` (KV cache; prefill + step):
-    ([(prompt ids, media features)], max_new_tokens) -> new token ids per prompt."""
-    if decoding is None:
-        raise ImportError("decoding suites need model/decoding.py (generate), not in this tree")
-
-    def generate(prompts, max_new_tokens: int) -> list[list[int]]:
-        out = decoding.generate(model, params, prompt_batch(prompts), max_new_tokens,
-                                temperature=0.0)
-        return [list(map(int, row)) for row in np.asarray(out)]
-
-    return generate
+    """Greedy decoding through `model.decoding.generate` (KV cache; prefill + step) on one
+    device: ([(prompt ids, media features)], max_new_tokens) -> new token ids per prompt."""
+    runner = one_device_runner(model)
+    return runner.generate_fn(runner.place(params), prompt_batch)
 
 
 def load_params(model: Any, checkpoint_path: str | None, step: int | None,
                 init_seed: int, max_length: int) -> tuple[Any, int | None]:
-    """Checkpoint params (and step), or freshly initialised ones when no checkpoint."""
+    """Checkpoint params (and step), or freshly initialised ones, on one device."""
+    runner = one_device_runner(model, max_length)
     if checkpoint_path:
-        params, step = checkpointing.restore_params(checkpoint_path, step)
-        return unbox(params), step
-    dummy = scoring.build_batch([], max_length, 1)
-    return unbox(jax.jit(model.init)(jax.random.PRNGKey(init_seed), dummy)), None
+        return runner.restore(checkpoint_path, step)
+    return runner.init(init_seed), None
 
 
 @gin.configurable
@@ -114,7 +104,8 @@ def evaluate(*, model: Any = gin.REQUIRED, suites: Sequence[Any] = gin.REQUIRED,
              shared_context: bool = True, skip_missing_data: bool = False,
              detokenizer: Callable[[Sequence[int]], str] | None = None,
              score_fn: scoring.ScoreFn | None = None,
-             params: Any = None) -> dict[str, Any]:
+             params: Any = None, partitioner: Partitioner | None = None,
+             rows_per_device: int | None = None) -> dict[str, Any]:
     """Runs `suites` and writes the report to `output_dir`; returns results.json's content.
 
     `extra_sections` are callables (output_dir, results) -> [Section] appended to the
@@ -125,43 +116,70 @@ def evaluate(*, model: Any = gin.REQUIRED, suites: Sequence[Any] = gin.REQUIRED,
     e.g. no MMLU data dir) is reported as skipped instead of failing the run. Suites
     with `compare_untrained` also score the untrained model (init from `init_seed`)
     when a checkpoint is evaluated.
-    `score_fn` replaces the model scorer (tests).
+    `partitioner`: the mesh and rules (default: `Partitioner()` as configured in gin,
+    i.e. the training mesh); `batch_size` rows are split over its 'data' x 'expert'
+    shards (padded up to a multiple). `rows_per_device`: run each batch in calls of
+    that many rows per batch shard, so every device computes the same shapes whatever
+    the mesh size: results then equal the one-device run's bit for bit on meshes with
+    'model' = 1 (None: one call per batch, fastest). `params` (host arrays) replace the
+    checkpoint and `score_fn` the model scorer (tests).
     """
-    out = pathlib.Path(output_dir)
-    out.mkdir(parents=True, exist_ok=True)
+    coll = sharded.Collective()
+    out = fs.path(output_dir)  # local or gs:// / s3:// (model/fs.py)
+    if coll.writer:
+        out.mkdir(parents=True, exist_ok=True)
     max_length = max_length or model.config.max_len
     ckpt_step = step
+    runner = None
     if score_fn is None:
-        if params is None:
-            params, ckpt_step = load_params(model, checkpoint_path, step, init_seed, max_length)
-        score_fn = make_score_fn(model, params)
+        runner = sharded.MeshRunner(model, partitioner or Partitioner(), max_length,
+                                    rows_per_device)
+        if params is not None:
+            params = runner.place(params)
+        elif checkpoint_path:
+            params, ckpt_step = runner.restore(checkpoint_path, step)
+        else:
+            params = runner.init(init_seed)
+        score_fn = runner.score_fn(params)
+        per_call = runner.rows_per_call(batch_size)
+        if -(-batch_size // per_call) * per_call != batch_size:
+            log.warning("batch_size %d is not a multiple of %d rows per call (batch shards "
+                        "data x expert = %d, rows_per_device=%s): calls are padded",
+                        batch_size, per_call, runner.num_row_shards, rows_per_device)
     scorer = scoring.BatchedScorer(score_fn, max_length, batch_size, buckets)
     choice_scorer = None
-    if shared_context and params is not None:
-        choice_scorer = scoring.SharedContextScorer(make_candidate_fn(model, params), max_length,
+    if shared_context and runner is not None:
+        choice_scorer = scoring.SharedContextScorer(runner.candidate_fn(params), max_length,
                                                     batch_size, buckets)
     baseline_scorer = None
-    if (checkpoint_path and params is not None
+    if (checkpoint_path and runner is not None
             and any(getattr(s, "compare_untrained", False) for s in suites)):
-        init_params, _ = load_params(model, None, None, init_seed, max_length)
-        baseline_scorer = scoring.BatchedScorer(make_score_fn(model, init_params), max_length,
-                                                batch_size, buckets)
+        baseline_scorer = scoring.BatchedScorer(runner.score_fn(runner.init(init_seed)),
+                                                max_length, batch_size, buckets)
     generate = None
-    if params is not None and any(isinstance(s, generation.GenerationSuite) for s in suites):
-        generate = make_generate_fn(model, params)
-    ctx = suites_lib.Context(scorer=scorer, out_dir=out, progress=progress,
+    if runner is not None and any(isinstance(s, generation.GenerationSuite) for s in suites):
+        generate = runner.generate_fn(params, prompt_batch)
+    ctx = suites_lib.Context(scorer=scorer, out_dir=out, progress=progress and coll.writer,
                              choice_scorer=choice_scorer, baseline_scorer=baseline_scorer,
-                             generate=generate,
-                             detokenize=detokenizer)
+                             generate=generate, detokenize=detokenizer,
+                             writer=coll.writer, agree=coll.agree)
     results = report.load_results(out)
+    mesh = dict(runner.partitioner.mesh_shape) if runner is not None else None
     meta = report.run_metadata(checkpoint_path, ckpt_step, max_length=max_length,
-                               batch_size=batch_size, devices=str(jax.devices()),
+                               batch_size=batch_size, rows_per_device=rows_per_device,
+                               devices=str(jax.devices()),
+                               processes=jax.process_count(), mesh=mesh,
                                model_config=repr(getattr(model, "config", None)))
     if results.get("meta", {}).get("checkpoint_step") not in (None, ckpt_step):
         raise ValueError(
             f"{out} holds results of checkpoint step {results['meta']['checkpoint_step']}, "
             f"not {ckpt_step}; use another output dir to evaluate this step")
     results["meta"] = meta
+
+    def save() -> None:
+        if coll.writer:
+            report.save_results(out, results)
+
     sections: list[report.Section] = []
     for suite in suites:
         t0 = time.perf_counter()
@@ -173,7 +191,7 @@ def evaluate(*, model: Any = gin.REQUIRED, suites: Sequence[Any] = gin.REQUIRED,
             name = getattr(suite, "name", type(suite).__name__)
             log.warning("%s skipped: %s", name, e)
             results["tasks"][name] = {"skipped": str(e)}
-            report.save_results(out, results)
+            save()
             sections.append(report.Section(f"{name} (skipped)", [f"Not run: {e}"]))
             continue
         log.info("%s done in %.1fs: %s", res.name, time.perf_counter() - t0,
@@ -186,8 +204,10 @@ def evaluate(*, model: Any = gin.REQUIRED, suites: Sequence[Any] = gin.REQUIRED,
             "timing": res.timing if res.timing["new_samples"] else prev.get("timing", res.timing),
             **{k: meta[k] for k in ("date", "checkpoint_step", "git_commit", "versions")},
         }
-        report.save_results(out, results)
+        save()
         sections += res.sections
+    if not coll.writer:
+        return results
     extra = [s for fn in extra_sections for s in fn(out, results)]
     md, html = report.write_report(out, title, _meta_for_report(meta, results), sections, extra)
     log.info("report: %s", html)
@@ -197,7 +217,8 @@ def evaluate(*, model: Any = gin.REQUIRED, suites: Sequence[Any] = gin.REQUIRED,
 
 def _meta_for_report(meta: dict[str, Any], results: dict[str, Any]) -> dict[str, Any]:
     shown = {k: meta[k] for k in ("date", "git_commit", "checkpoint", "checkpoint_step",
-                                  "max_length", "batch_size", "devices") if k in meta}
+                                  "max_length", "batch_size", "devices", "processes", "mesh")
+             if k in meta}
     for name, t in results["tasks"].items():
         timing = t.get("timing", {})
         if timing.get("seconds"):
@@ -213,6 +234,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (ValueError, gin_flags.GinFlagError) as e:
         print(f"gin configuration error: {e}", file=sys.stderr)
         return 2
+    # Before gin builds the Partitioner (which lists devices) inside evaluate().
+    partitioning.initialize_distributed()
     evaluate()
     return 0
 

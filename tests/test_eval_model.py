@@ -14,6 +14,7 @@ from model import eval as eval_lib
 from model.config import model_config
 from model.evaluation import scoring, suites
 from model.models import DecoderOnlyModel
+from model.partitioning import Partitioner
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -187,3 +188,50 @@ def test_greedy_generation_continues_after_the_whole_prompt(tiny):
                  "decoder_positions": np.arange(n)[None]}
         logits, _ = model.logits(params, batch)
         assert out[0] == int(np.argmax(logits[0, -1]))  # next token after the last prompt token
+
+
+def test_capacity_moe_scores_do_not_depend_on_batching_or_resume(tmp_path):
+    """A capacity MoE that drops tokens (eval capacity factor 0.5) scores a request the
+    same whatever its bucket length, batch mates or resume point: padding (segment id 0)
+    is never routed and each row's capacity comes from its real tokens."""
+    small = dict(d_model=32, num_layers=2, num_heads=2, num_kv_heads=1, head_dim=16, d_ff=64,
+                 vocab_size=256, max_len=64, image=None, video=None, audio=None)
+    model = DecoderOnlyModel(model_config("tiny_moe", dict(
+        small, **{"moe.capacity_factor_eval": 0.5, "moe.expert_hidden": 32})))
+    runner = eval_lib.one_device_runner(model, 64)
+    params = runner.init(0)
+    score_fn = runner.score_fn(params)
+    rng = np.random.default_rng(7)
+    # Continuations of 2 tokens and two buckets keep this to three compiled shapes.
+    reqs = [scoring.Request(list(rng.integers(3, 256, rng.integers(3, 60))),
+                            list(rng.integers(3, 256, 2))) for _ in range(8)]
+    tight = scoring.BatchedScorer(score_fn, 64, 3, buckets=(32, 64)).score(reqs)
+    loose = scoring.BatchedScorer(score_fn, 64, 5, buckets=(64,)).score(reqs)
+    assert len({bucket for _, bucket in scoring.plan_batches(
+        [len(scoring.make_row(r, 64)[1]) for r in reqs], 3, (32, 64))}) == 2
+    for a, b in zip(tight, loose):
+        assert a.loglikelihood == pytest.approx(b.loglikelihood, abs=1e-4)
+    _, metrics = jax.jit(lambda p, b: model.loss_fn(p, b, train=False))(
+        params, scoring.build_batch([scoring.make_row(r, 64) for r in reqs], 64, 8))
+    assert float(metrics["moe_layer_0/drop_fraction"]) > 0.05  # capacity binds
+
+    # Documents of 33-64 tokens: one window each, all in one shape.
+    docs = [{"sample_id": f"d{i}", "text": "t" * 20,
+             "token_ids": [int(t) for t in rng.integers(3, 256, n)]}
+            for i, n in enumerate((64, 40, 60, 35, 50))]
+    kwargs = dict(model=model, params=jax.device_get(params), checkpoint_path=None,
+                  max_length=64, batch_size=2, progress=False,
+                  partitioner=Partitioner((1, 1, 1), num_devices=1))
+    full = eval_lib.evaluate(suites=[suites.TextLMSuite(inputs_fn=lambda: docs)],
+                             output_dir=str(tmp_path / "full"), **kwargs)
+    # Interrupted after two documents, resumed with the rest in other batches.
+    (tmp_path / "resumed").mkdir()
+    eval_lib.evaluate(suites=[suites.TextLMSuite(inputs_fn=lambda: docs[:2])],
+                      output_dir=str(tmp_path / "part"), **kwargs)
+    part = (tmp_path / "part" / "samples_text_lm.jsonl").read_text()
+    (tmp_path / "resumed" / "samples_text_lm.jsonl").write_text(part)
+    resumed = eval_lib.evaluate(suites=[suites.TextLMSuite(inputs_fn=lambda: docs)],
+                                output_dir=str(tmp_path / "resumed"), **kwargs)
+    assert resumed["tasks"]["text_lm"]["timing"]["new_samples"] == 3
+    got, want = resumed["tasks"]["text_lm"]["metrics"], full["tasks"]["text_lm"]["metrics"]
+    assert got["bits_per_byte"] == pytest.approx(want["bits_per_byte"], rel=1e-6)

@@ -81,7 +81,7 @@ class GenerationSuite:
         records = self.inputs_fn()
         if not records:
             raise ValueError(f"{self.name}: inputs_fn returned no records")
-        log = report.SampleLog(ctx.out_dir, self.name, report.fingerprint(
+        log = ctx.open_log(self.name, report.fingerprint(
             "generation", self.metric, self.max_new_tokens, self.stop_strings,
             [(r["sample_id"], r["prompt_ids"], r["answer"]) for r in records]))
         todo = sorted((r for r in records if r["sample_id"] not in log.done),

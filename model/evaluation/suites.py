@@ -18,6 +18,7 @@ from typing import Any, Callable, Mapping, Sequence
 import gin
 import numpy as np
 
+from model import fs
 from model.evaluation import lm as lm_metrics
 from model.evaluation import long_context, mmlu as mmlu_metrics, plots, report, scoring
 from model.evaluation.report import Figure, Section, Table
@@ -25,9 +26,29 @@ from model.evaluation.report import Figure, Section, Table
 InputsFn = Callable[[], list[dict[str, Any]]]
 
 
+@gin.configurable
+def jsonl_records(path: str = gin.REQUIRED) -> list[dict[str, Any]]:
+    """Eval inputs already tokenized, one JSON object per line (local or gs://): the
+    records a suite's `inputs_fn` returns, e.g. `{"sample_id", "text", "token_ids"}` for
+    `TextLMSuite`, or `tasks/eval_inputs.mmlu_inputs`'s records for `MMLUSuite`. Lets a
+    host with only JAX (no SeqIO/TensorFlow) evaluate inputs exported elsewhere."""
+    return [json.loads(line) for line in fs.read_text(path).splitlines() if line.strip()]
+
+
+def _alone(what: str, value: str = "") -> None:
+    """`Context.agree` of a one-process run: nothing to agree with."""
+    del what, value
+
+
 @dataclasses.dataclass
 class Context:
-    """What suites may use: a batched scorer, the output dir, a progress switch."""
+    """What suites may use: a batched scorer, the output dir, a progress switch.
+
+    Multi-process eval: every process runs every suite on the same requests (the model
+    calls are collectives); `writer` is True on process 0 only, which writes the samples
+    files; `agree(what, value)` is a barrier at which all processes must hold the same
+    value (`model/evaluation/sharded.py`).
+    """
     scorer: scoring.BatchedScorer
     out_dir: pathlib.Path
     progress: bool = True
@@ -35,6 +56,19 @@ class Context:
     baseline_scorer: scoring.BatchedScorer | None = None  # the untrained model, optional
     generate: Callable[..., list[list[int]]] | None = None  # decoding suites
     detokenize: Callable[[Sequence[int]], str] | None = None
+    writer: bool = True
+    agree: Callable[[str, str], None] = _alone
+
+    def open_log(self, name: str, fingerprint: str) -> report.SampleLog:
+        """`samples_<name>.jsonl` for resuming: the writer opens it first; the other
+        processes then read it, and all must see the same finished samples (so they
+        score the same missing ones)."""
+        log = report.SampleLog(self.out_dir, name, fingerprint) if self.writer else None
+        self.agree(f"inputs of samples_{name}", fingerprint)
+        if log is None:
+            log = report.SampleLog(self.out_dir, name, fingerprint, read_only=True)
+        self.agree(f"finished samples in samples_{name}", "\n".join(sorted(log.done)))
+        return log
 
 
 @dataclasses.dataclass
@@ -70,7 +104,7 @@ class MMLUSuite:
         records = self.inputs_fn()
         if not records:
             raise ValueError(f"{self.name}: inputs_fn returned no records")
-        log = report.SampleLog(ctx.out_dir, self.name, report.fingerprint(
+        log = ctx.open_log(self.name, report.fingerprint(
             "mmlu", ctx.scorer.max_length,
             [(r["sample_id"], r["context_ids"], r["continuation_ids"]) for r in records]))
         todo = [r for r in records if r["sample_id"] not in log.done]
@@ -192,7 +226,7 @@ class TextLMSuite:
     def _score_docs(self, scorer: scoring.BatchedScorer, docs: list[dict[str, Any]], log_name: str,
                     ctx: Context) -> tuple[list[dict[str, Any]], int, int]:
         """Per-document samples (resumable through `samples_<log_name>.jsonl`)."""
-        log = report.SampleLog(ctx.out_dir, log_name, report.fingerprint(
+        log = ctx.open_log(log_name, report.fingerprint(
             "text_lm", scorer.max_length, self.context, self.position_curve,
             [(d["sample_id"], d["token_ids"]) for d in docs]))
         todo = [d for d in docs if d["sample_id"] not in log.done]
