@@ -9,7 +9,8 @@ tokenize/interleave work (`interleave.DocumentEncoder.encode`) two ways:
     thread, as in each Beam worker), after one warm-up document;
   * the Beam job (`python -m pipelines.preprocess_multimodal`, local FnApiRunner,
     multi_processing, --workers processes), end to end: start-up, reading, writing
-    the SeqIO cache, dead letters and summary included.
+    the SeqIO cache (32 shards in a deterministic order), dead letters and summary
+    included.
 Throughput per core is reported two ways: from wall time (documents / s / worker)
 and from CPU time (documents per CPU-second, all processes of the job, read with
 getrusage; robust when other work shares the cores). The ratio is Beam / loop.
@@ -37,8 +38,10 @@ import time
 
 import threadpoolctl
 
+from pipelines import vocab
+
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-VOCAB = os.path.join(REPO, "tasks", "vocab", "tapestry_8k.model")
+VOCAB = vocab.DEFAULT_VOCAB  # the jobs' own default (the packaged model)
 DATA = os.environ.get("TAPESTRY_DATA_DIR", os.path.join(os.path.dirname(REPO), "shared", "data"))
 RUNNER = ["--runner=apache_beam.runners.portability.fn_api_runner.FnApiRunner",
           "--direct_running_mode=multi_processing"]
@@ -152,9 +155,8 @@ def _cache_tokens(task_dir: str) -> int:
 
 
 def bench_text(workers: int, megabytes: float, tmp: str) -> dict:
-    import sentencepiece as spm
     txt, jsonl, chunks = make_text_corpus(tmp, megabytes)
-    sp = spm.SentencePieceProcessor(model_file=VOCAB)
+    sp = vocab.load(VOCAB)
     c0, t0 = time.process_time(), time.time()
     tokens = sum(len(ids) for ids in (sp.encode(c) for c in chunks))
     sp_wall, sp_cpu = time.time() - t0, time.process_time() - c0

@@ -78,6 +78,8 @@ def resolve_patterns(patterns: Sequence[str], default_glob: str = "**") -> list[
     """
     resolved, missing = [], []
     for pattern in patterns:
+        if not _has_scheme(pattern):  # workers may run elsewhere than the launcher's directory
+            pattern = os.path.abspath(pattern)
         is_local_dir = not _has_scheme(pattern) and os.path.isdir(pattern)
         candidates = [pattern] if not is_local_dir else []
         candidates.append(FileSystems.join(pattern.rstrip("/"), default_glob))
