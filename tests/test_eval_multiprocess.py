@@ -142,3 +142,22 @@ def test_moe_scores_on_a_mesh_equal_one_device():
     experts = sharded.MeshRunner(model, Partitioner((2, 4, 1)), 64)
     np.testing.assert_allclose(_moe_scores(experts, experts.place(host), reqs, 8, None), want,
                                rtol=1e-5, atol=1e-5)
+
+
+def test_greedy_decoding_on_a_mesh_equals_one_device():
+    """Prompts of different lengths (3, padded to the 8 batch shards), decoded with the
+    KV cache on meshes: the same tokens as on one device."""
+    if jax.device_count() < 8:
+        pytest.skip("needs XLA_FLAGS=--xla_force_host_platform_device_count=8")
+    from model import eval as eval_lib
+    model = DecoderOnlyModel(model_config("tiny", SMALL))
+    one = eval_lib.one_device_runner(model, 64)
+    params = one.init(1)
+    host = jax.device_get(params)
+    prompts = [([40, 41, 42, 43, 44], None), ([50, 51], None), ([7] * 9, None)]
+    want = one.generate_fn(params, eval_lib.prompt_batch)(prompts, 4)
+    assert [len(o) for o in want] == [4, 4, 4]
+    for mesh, rows in (((8, 1, 1), 1), ((2, 2, 2), None)):
+        runner = sharded.MeshRunner(model, Partitioner(mesh), 64, rows_per_device=rows)
+        got = runner.generate_fn(runner.place(host), eval_lib.prompt_batch)(prompts, 4)
+        assert got == want, mesh
