@@ -8,6 +8,7 @@ stale `build/lib` can never leak into it; it is built once per test session.
 """
 from __future__ import annotations
 
+import atexit
 import functools
 import os
 import shutil
@@ -24,6 +25,7 @@ _SKIP = shutil.ignore_patterns(".venv", ".git", "build", "*.egg-info", "__pycach
 def installed_wheel() -> tuple[str, str]:
     """(site dir holding the installed wheel, the wheel file)."""
     root = tempfile.mkdtemp(prefix="tapestry_wheel_")
+    atexit.register(shutil.rmtree, root, ignore_errors=True)
     src, dist, site = (os.path.join(root, d) for d in ("src", "dist", "site"))
     shutil.copytree(REPO, src, ignore=_SKIP)
     pip = [sys.executable, "-m", "pip", "--disable-pip-version-check", "-q"]
