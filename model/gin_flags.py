@@ -25,7 +25,8 @@ import pathlib
 from typing import Sequence
 
 import gin
-from etils import epath
+
+from model import fs
 
 REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
 
@@ -114,9 +115,9 @@ def check_gin_files(files: Sequence[str], search_paths: Sequence[str]) -> None:
                            "--gin_file=gin/runs/pretrain_synthetic.gin")
     for name in files:
         if "://" in name or os.path.isabs(name):
-            candidates = [epath.Path(name)]
+            candidates = [fs.path(name)]
         else:
-            candidates = [epath.Path(root) / name for root in search_paths]
+            candidates = [fs.path(root) / name for root in search_paths]
         if not any(c.exists() for c in candidates):
             raise GinFlagError(f"--gin_file={name}: no such file (looked in "
                                f"{', '.join(str(c) for c in candidates)})")

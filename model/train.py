@@ -42,7 +42,7 @@ from model import models  # noqa: F401  - registers DecoderOnlyModel with gin
 from model import synthetic_data  # noqa: F401  - registers synthetic_dataset_fn
 from model import train_hooks
 from model.checkpointing import CheckpointConfig, Checkpointer, CheckpointRestoreError
-from model.dataset_config import DatasetConfig, GetDatasetFn
+from model.dataset_config import DatasetConfig, GetDatasetFn, check_host_data_sharding
 from model.partitioning import Partitioner
 from model.restore import restore_or_init
 from model.train_input import Prefetcher, open_dataset
@@ -140,6 +140,7 @@ def train(*, model: Any = gin.REQUIRED,
     partitioner = partitioner or Partitioner()
     checkpoint_cfg = checkpoint_cfg or CheckpointConfig()
     partitioner.validate_batch_size(train_dataset_cfg.batch_size, num_microbatches)
+    check_host_data_sharding(partitioner.mesh)  # each host reads only its own rows
     if evaluating:
         partitioner.validate_batch_size(eval_dataset_cfg.batch_size)
     model_dir = os.fspath(fs.makedirs(model_dir))  # local: absolute; gs://, s3:// as given

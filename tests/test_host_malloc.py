@@ -29,3 +29,21 @@ def test_reexec_sets_malloc_env_and_keeps_arguments():
 
 def test_opt_out_keeps_the_process():
     assert _run({"TAPESTRY_KEEP_MALLOC": "1"}) == "None ['--flag=1']"
+
+
+@pytest.mark.parametrize("platforms, cpu", [("cpu", True), ("cuda", False), ("tpu", False),
+                                            ("cuda,cpu", False), ("cpu,cuda", True)])
+def test_backend_from_jax_platforms(platforms, cpu):
+    assert host_malloc.cpu_backend_expected({"JAX_PLATFORMS": platforms}) is cpu
+
+
+def test_no_accelerator_here_means_cpu():
+    """This machine has no /dev/nvidia*, /dev/kfd or /dev/accel*: JAX would use the CPU."""
+    import glob
+    if any(glob.glob(n) for _, n in host_malloc.ACCELERATORS.values()):
+        pytest.skip("an accelerator device node exists on this machine")
+    assert host_malloc.cpu_backend_expected({})
+
+
+def test_no_reexec_on_an_accelerator_backend():
+    assert _run({"JAX_PLATFORMS": "cuda"}) == "None ['--flag=1']"

@@ -106,3 +106,82 @@ def step_losses(trainer, batches, state=None):
         state, metrics = step(state, part.shard_batch(b))
         losses.append(float(metrics["loss"]))
     return np.array(losses), state
+
+
+# ---------------------------------------------------------------- multi-process
+def launch(args: Sequence[str], num_processes: int, devices_per_process: int,
+           log_path: pathlib.Path, *, failure_grace_s: float = 0.0,
+           heartbeat_timeout_s: int = 10):
+    """Starts `python -m model.train` as `num_processes` processes of one JAX job
+    (model.launch_local); prefixed output goes to `log_path`. Returns the cluster."""
+    from model.launch_local import LocalCluster
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    out = open(log_path, "w")  # pylint: disable=consider-using-with  (the pumps write it)
+    return LocalCluster([sys.executable, "-m", "model.train", *args], num_processes,
+                        devices_per_process, heartbeat_timeout_s=heartbeat_timeout_s,
+                        init_timeout_s=120, failure_grace_s=failure_grace_s, output=out,
+                        env=env(1), cwd=str(REPO)).start()
+
+
+def losses(model_dir: pathlib.Path | str) -> dict[int, float]:
+    """step -> train loss from metrics.jsonl (the last value of a step logged twice)."""
+    from model.metric_writers import read_jsonl
+    return {r["step"]: r["loss"]
+            for r in read_jsonl(pathlib.Path(model_dir) / "metrics.jsonl", "train")}
+
+
+def wait_for_step(model_dir: pathlib.Path, step: int, alive, timeout: float = 300) -> int:
+    """Polls metrics.jsonl until `step` is logged; `alive()` False -> AssertionError."""
+    import time
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        if not alive():
+            raise AssertionError(f"run ended before step {step}")
+        seen = losses(model_dir) if (model_dir / "metrics.jsonl").exists() else {}
+        if seen and max(seen) >= step:
+            return max(seen)
+        time.sleep(0.01)
+    raise AssertionError(f"step {step} not reached in {timeout} s")
+
+
+def _register_failing_dataset():
+    """`failing_dataset_fn`: synthetic batches whose reader raises, as a corrupt record
+    does, when it reaches batch `fail_at` (naming the file)."""
+    import gin
+    from model.synthetic_data import synthetic_dataset_fn
+
+    @gin.configurable
+    def failing_dataset_fn(cfg, shard_id, num_shards, start_batch, *, fail_at: int,
+                           path: str = "data/train.tfrecord-00003-of-00008"):
+        batches = synthetic_dataset_fn(cfg, shard_id, num_shards, start_batch, vocab_size=512)
+        for index, batch in enumerate(batches, start_batch):
+            if index == fail_at:
+                raise OSError(f"corrupted record at offset 81920 in {path}")
+            yield batch
+
+    return failing_dataset_fn
+
+
+failing_dataset_fn = _register_failing_dataset()
+
+
+def _register_union_dataset():
+    """`union_dataset_fn`: a 1-process reference for an N-host run. Each batch is the
+    N hosts' batches of `inner` one after the other (host 0's rows first, as the
+    multi-process run assembles them on an (N*k, 1, 1) mesh)."""
+    import gin
+    import numpy as np
+
+    @gin.configurable
+    def union_dataset_fn(cfg, shard_id, num_shards, start_batch, *, hosts: int, inner):
+        if num_shards != 1:
+            raise ValueError("union_dataset_fn is for 1-process reference runs")
+        del shard_id
+        iterators = [inner(cfg, h, hosts, start_batch) for h in range(hosts)]
+        for parts in zip(*iterators):
+            yield {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
+
+    return union_dataset_fn
+
+
+union_dataset_fn = _register_union_dataset()
