@@ -106,3 +106,17 @@ def test_vocab_default_is_the_packaged_copy_and_bytes_from_anywhere(gcs, tmp_pat
         vocab.check(f"gs://{BUCKET}/vocab/missing.model")
     with pytest.raises(ValueError, match="package:<package>/<file>"):
         vocab.read_bytes("package:tasks")
+
+
+def test_seqio_vocabulary_from_bytes(gcs):
+    import pickle
+
+    from tasks import vocabulary
+    remote = f"gs://{BUCKET}/vocab/seqio.model"
+    pfs.write_bytes(remote, vocab.read_bytes())
+    packaged, from_bucket = vocabulary.get_vocabulary(), vocabulary.get_vocabulary(remote)
+    text = "A red square.\nTwo 3s"
+    assert list(from_bucket.encode(text)) == list(packaged.encode(text)) == vocab.load().encode(text)
+    assert packaged.decode(packaged.encode(text)) == text
+    clone = pickle.loads(pickle.dumps(from_bucket))  # Beam/tf.data ship vocabularies pickled
+    assert clone == from_bucket and clone != packaged and list(clone.encode(text)) == list(packaged.encode(text))
