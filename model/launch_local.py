@@ -65,11 +65,16 @@ def process_env(base: dict[str, str], process_id: int, num_processes: int, port:
     return env
 
 
+_PRCTL = ctypes.CDLL(None).prctl if sys.platform == "linux" else None
+_PR_SET_PDEATHSIG = 1
+
+
 def _die_with_parent() -> None:
     """In the child before exec: SIGKILL it when the launcher dies (Linux), so a
-    killed launcher never leaves orphaned JAX processes holding the port."""
-    if sys.platform == "linux":
-        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+    killed launcher never leaves orphaned JAX processes holding the port. (Resolved
+    before forking: the child only makes the system call.)"""
+    if _PRCTL is not None:
+        _PRCTL(_PR_SET_PDEATHSIG, signal.SIGKILL)
 
 
 def _exit_code(rc: int) -> int:
@@ -120,6 +125,7 @@ class LocalCluster:
                                     stderr=subprocess.STDOUT, text=True, errors="replace",
                                     preexec_fn=_die_with_parent)
             self.procs.append(proc)
+        for p, proc in enumerate(self.procs):  # threads only after every fork
             pump = threading.Thread(target=self._pump, args=(p, proc), daemon=True)
             pump.start()
             self._pumps.append(pump)
@@ -208,9 +214,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         del frame  # signal handler API
         cluster.send_signal(signum)
 
-    cluster.start()
     signal.signal(signal.SIGTERM, forward)
     signal.signal(signal.SIGINT, forward)
+    cluster.start()
     codes = cluster.wait()
     if any(codes):
         print(f"launch_local: exit codes {codes}", file=sys.stderr)
