@@ -39,6 +39,18 @@ def xla_attention(q: jax.Array, k: jax.Array, v: jax.Array, mask: jax.Array,
     return jax.nn.dot_product_attention(q, k, v, mask=mask[:, None], implementation=implementation)
 
 
+def cudnn_attention(q: jax.Array, k: jax.Array, v: jax.Array, segment_ids: jax.Array
+                    ) -> jax.Array:
+    """cuDNN fused attention (GPU, bf16/fp16): q [B,T,N,H], k/v [B,T,K,H] -> [B,T,N,H].
+
+    The causal structure is cuDNN's own; packed segments go in as a [B,1,T,T] mask,
+    so memory is quadratic in T (use 'blockwise' for very long rows).
+    """
+    same = segment_ids[:, None, :, None] == segment_ids[:, None, None, :]
+    return jax.nn.dot_product_attention(q, k, v, mask=same, is_causal=True,
+                                        implementation="cudnn")
+
+
 class Attention(nn.Module):
     """Multi-head / multi-query / grouped-query attention (num_kv_heads 1..num_heads)."""
     num_heads: int
@@ -87,10 +99,7 @@ class Attention(nn.Module):
             return blockwise_attention(q, k, v, segment_ids, block_q=self.block_q,
                                        block_kv=self.block_kv)
         if self.backend == "cudnn":
-            # cuDNN takes the causal structure natively; packed segments as a mask.
-            same = segment_ids[:, None, :, None] == segment_ids[:, None, None, :]
-            return jax.nn.dot_product_attention(q, k, v, mask=same, is_causal=True,
-                                                implementation="cudnn")
+            return cudnn_attention(q, k, v, segment_ids)
         return xla_attention(q, k, v, segment_causal_mask(segment_ids))
 
     def _cache_vars(self, b: int, dtype):

@@ -30,7 +30,12 @@ PLACEHOLDER_IDS = {"image": IMAGE_ID, "audio": AUDIO_ID, "video": VIDEO_ID}
 
 ATTENTION_BACKENDS = ("xla", "blockwise", "cudnn")
 DISPATCH_MODES = ("capacity", "dropless")
-REMAT_POLICIES = ("none", "full", "dots")
+# Rematerialisation of each decoder layer in training (model/transformer.py maps the
+# names to jax.checkpoint policies): 'none' keeps every activation; 'full' and
+# 'nothing_saveable' recompute the whole layer in the backward pass; 'dots' saves
+# matmul outputs without batch dims (jax's dots_with_no_batch_dims_saveable);
+# 'dots_saveable' saves every matmul output.
+REMAT_POLICIES = ("none", "full", "nothing_saveable", "dots", "dots_saveable")
 DTYPES = ("float32", "bfloat16", "float16")
 
 
@@ -173,6 +178,10 @@ class TransformerConfig:
 
     `layer_pattern` is a string of 'd' (dense SwiGLU) and 'm' (MoE) repeated
     cyclically over the layers: 'm' = every layer MoE, 'dm' = every 2nd layer.
+    `scan_layers` runs the decoder as `nn.scan` over num_layers / len(layer_pattern)
+    repeats of one pattern period: compile time independent of depth, parameters
+    stacked on a leading 'layers' axis (convert with model.transformer.stack_layers /
+    unstack_layers); same loss as the unrolled stack.
     """
     vocab_size: int = 8192
     d_model: int = 256
@@ -192,7 +201,8 @@ class TransformerConfig:
     attention_backend: str = "xla"
     block_q: int = 512  # blockwise attention tile sizes
     block_kv: int = 512
-    remat: str = "none"
+    remat: str = "none"  # see REMAT_POLICIES
+    scan_layers: bool = False
     loss_chunk: int = 0  # > 0: output layer + loss in token chunks, recomputed (long context)
     max_len: int = 512  # default sequence length (FLOPs/token and decoding caches)
     moe: MoEConfig | None = None
@@ -225,6 +235,11 @@ class TransformerConfig:
         if self.moe is not None and "m" not in self.layer_pattern:
             _fail(name, "layer_pattern", self.layer_pattern,
                   "has no 'm' although moe is set; use e.g. 'm' (all) or 'dm' (every 2nd)")
+        if self.scan_layers and self.num_layers % len(self.layer_pattern):
+            _fail(name, "num_layers", self.num_layers,
+                  f"with scan_layers=True it must be a multiple of len(layer_pattern)="
+                  f"{len(self.layer_pattern)} ({self.layer_pattern!r}); change num_layers, "
+                  "the pattern, or set scan_layers=False")
         if self.video is not None and self.video.num_frames < 1:
             _fail(name, "video", self.video, "video.num_frames must be >= 1")
 
@@ -281,11 +296,12 @@ PRESETS: dict[str, TransformerConfig] = {
                                   num_heads=12, mlp_dim=3072, num_frames=16),
         audio=AudioEncoderConfig(num_mels=128, max_frames=3000, conv_channels=256, width=768,
                                  depth=8, num_heads=12, mlp_dim=3072)),
-    # Pod-scale example: MoE in every layer, bf16, blockwise attention with remat.
+    # Pod-scale example: MoE in every layer, bf16, blockwise attention with remat,
+    # layers scanned (compile time independent of depth: benchmarks/compile_time.py).
     "large_moe": TransformerConfig(
         vocab_size=256000, d_model=4096, num_layers=32, num_heads=32, num_kv_heads=8,
         head_dim=128, d_ff=14336, max_len=8192, attention_backend="blockwise",
-        block_q=1024, block_kv=1024, remat="full", dtype="bfloat16",
+        block_q=1024, block_kv=1024, remat="full", dtype="bfloat16", scan_layers=True,
         moe=MoEConfig(num_experts=64, top_k=2, expert_hidden=8192, num_shared_experts=1,
                       shared_hidden=8192),
         layer_pattern="m",
@@ -295,6 +311,18 @@ PRESETS: dict[str, TransformerConfig] = {
                                   num_heads=16, mlp_dim=4304, num_frames=32),
         audio=AudioEncoderConfig(num_mels=128, max_frames=3000, conv_channels=512, width=1024,
                                  depth=24, num_heads=16, mlp_dim=4096)),
+    # ~1B active parameters for GPU MFU checks (benchmarks/gpu_check.sh): 4k-token rows,
+    # bf16 compute, scanned layers. The MoE twin has the dense FFN's active width in
+    # its top-2 of 8 experts (~3.5B total).
+    "dense_1b": TransformerConfig(
+        vocab_size=32768, d_model=2048, num_layers=16, num_heads=16, num_kv_heads=8,
+        head_dim=128, d_ff=8192, max_len=4096, attention_backend="blockwise",
+        block_q=512, block_kv=512, dtype="bfloat16", scan_layers=True),
+    "moe_1b": TransformerConfig(
+        vocab_size=32768, d_model=2048, num_layers=16, num_heads=16, num_kv_heads=8,
+        head_dim=128, d_ff=8192, max_len=4096, attention_backend="blockwise",
+        block_q=512, block_kv=512, dtype="bfloat16", scan_layers=True,
+        moe=MoEConfig(num_experts=8, top_k=2, expert_hidden=4096), layer_pattern="m"),
     # The MaxText 0.2.5 peer shapes (issue 4): keep exactly.
     "maxtext_dense": TransformerConfig(
         vocab_size=8192, d_model=256, num_layers=4, num_heads=4, num_kv_heads=4, head_dim=64,

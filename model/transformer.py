@@ -2,8 +2,11 @@
 
 Each block is attention + feed-forward (dense SwiGLU or MoE, chosen by the
 config's layer pattern), sequential (x + attn, then + ffn) or parallel
-(x + attn(norm x) + ffn(norm x)). Legend: B batch, T length, D model width,
-V vocab, M media items per row, S slots per item.
+(x + attn(norm x) + ffn(norm x)). Layers are unrolled (params `layer_{i}`) or, with
+`scan_layers`, one pattern period scanned R = num_layers / P times (params
+`layers/layer_{j}` with a leading [R] axis; layer i = r * P + j).
+Legend: B batch, T length, D model width, V vocab, M media items per row,
+S slots per item, P pattern period, R repeats.
 """
 from __future__ import annotations
 
@@ -67,10 +70,104 @@ class DecoderBlock(nn.Module):
         return constrain(x, ("batch", "length", "embed")), metrics
 
 
-_REMAT_POLICIES = {
+# config.REMAT_POLICIES name -> jax.checkpoint policy (None: save nothing).
+REMAT_POLICIES = {
     "full": None,
+    "nothing_saveable": jax.checkpoint_policies.nothing_saveable,
     "dots": jax.checkpoint_policies.dots_with_no_batch_dims_saveable,
+    "dots_saveable": jax.checkpoint_policies.dots_saveable,
 }
+SCAN_NAME = "layers"  # the scanned stack's module name and its params' logical axis
+
+
+def _block_class(cfg: TransformerConfig, mode: str) -> type[nn.Module]:
+    """DecoderBlock, rematerialised per cfg.remat in training / scoring ('full' mode)."""
+    if cfg.remat == "none" or mode != "full":
+        return DecoderBlock
+    # Inside nn.scan the loop already keeps XLA from merging recomputation away.
+    return nn.remat(DecoderBlock, policy=REMAT_POLICIES[cfg.remat],
+                    prevent_cse=not cfg.scan_layers)
+
+
+def _block(cfg: TransformerConfig, i: int, train: bool, mode: str, cache_len: int,
+           name: str) -> nn.Module:
+    """Decoder layer i (dense or MoE by the layer pattern)."""
+    dtype, pdtype = jnp.dtype(cfg.dtype), jnp.dtype(cfg.param_dtype)
+    moe = cfg.moe if cfg.is_moe_layer(i) else None
+    return _block_class(cfg, mode)(
+        cfg.num_heads, cfg.num_kv_heads, cfg.head_dim, cfg.d_ff, cfg.norm_eps,
+        cfg.parallel_block, moe, cfg.attention_backend, cfg.block_q, cfg.block_kv,
+        dtype, pdtype, train, mode, cache_len, name=name)
+
+
+class PatternPeriod(nn.Module):
+    """Layers 0..P-1 of the layer pattern (P = len(pattern)): the body `nn.scan` repeats.
+
+    x [B,T,D] -> (x, per-MoE-layer metrics of this period, in pattern order).
+    """
+    config: TransformerConfig
+    train: bool = False
+    mode: str = "full"
+    cache_len: int = 0
+
+    @nn.compact
+    def __call__(self, x: jax.Array, *args: jax.Array | None
+                 ) -> tuple[jax.Array, tuple[MoEMetrics, ...]]:
+        metrics = []
+        for j in range(len(self.config.layer_pattern)):
+            x, m = _block(self.config, j, self.train, self.mode, self.cache_len,
+                          f"layer_{j}")(x, *args)
+            if m is not None:
+                metrics.append(m)
+        return x, tuple(metrics)
+
+
+def scanned_stack(cfg: TransformerConfig, train: bool, mode: str, cache_len: int
+                  ) -> nn.Module:
+    """`nn.scan` of PatternPeriod over R = num_layers / P repeats.
+
+    Params and KV caches get a leading [R] axis (logical name 'layers', which the
+    partition rules leave unsharded); the non-carry inputs are broadcast; each MoE
+    metric comes back stacked [R, ...].
+    """
+    repeats = cfg.num_layers // len(cfg.layer_pattern)
+    scan = nn.scan(PatternPeriod, variable_axes={"params": 0, "cache": 0},
+                   split_rngs={"params": True}, in_axes=nn.broadcast, length=repeats,
+                   metadata_params={nn.PARTITION_NAME: SCAN_NAME})
+    return scan(cfg, train, mode, cache_len, name=SCAN_NAME)
+
+
+def _layer_path(cfg: TransformerConfig, i: int) -> tuple[str, int]:
+    """Unrolled layer i -> (its module name in the scanned period, its repeat index)."""
+    p = len(cfg.layer_pattern)
+    return f"layer_{i % p}", i // p
+
+
+def stack_layers(params: dict, cfg: TransformerConfig) -> dict:
+    """Unrolled params (layer_0..layer_{L-1}) -> the scan_layers layout (plain or boxed)."""
+    out = {k: v for k, v in params.items() if not k.startswith("layer_")}
+    p = len(cfg.layer_pattern)
+    stacked = {}
+    for j in range(p):
+        layers = [params[f"layer_{i}"] for i in range(j, cfg.num_layers, p)]
+        plain = [nn.meta.unbox(t) for t in layers]
+        values = jax.tree.map(lambda *xs: jnp.stack(xs), *plain)
+        boxed = nn.meta.add_axis(layers[0], 0, {nn.PARTITION_NAME: SCAN_NAME})
+        stacked[f"layer_{j}"] = nn.meta.replace_boxed(boxed, values)
+    out[SCAN_NAME] = stacked
+    return out
+
+
+def unstack_layers(params: dict, cfg: TransformerConfig) -> dict:
+    """The scan_layers layout -> unrolled params (layer_0..layer_{L-1}); inverse of stack."""
+    out = {k: v for k, v in params.items() if k != SCAN_NAME}
+    for i in range(cfg.num_layers):
+        name, r = _layer_path(cfg, i)
+        tree = params[SCAN_NAME][name]
+        values = jax.tree.map(lambda x: x[r], nn.meta.unbox(tree))
+        unboxed = nn.meta.remove_axis(tree, 0, {nn.PARTITION_NAME: SCAN_NAME})
+        out[f"layer_{i}"] = nn.meta.replace_boxed(unboxed, values)
+    return out
 
 
 class Transformer(nn.Module):
@@ -106,19 +203,20 @@ class Transformer(nn.Module):
         self.sow("intermediates", "decoder_inputs", x)  # embeddings after the media merge
         sin, cos = rope_tables(positions, cfg.head_dim, cfg.rope_base)
 
-        block_cls = DecoderBlock
-        if cfg.remat != "none" and self.mode == "full":
-            block_cls = nn.remat(DecoderBlock, policy=_REMAT_POLICIES[cfg.remat])
+        block_args = (sin, cos, segment_ids, step_positions)
         all_metrics: list[MoEMetrics] = []
-        for i in range(cfg.num_layers):
-            moe = cfg.moe if cfg.is_moe_layer(i) else None
-            x, metrics = block_cls(
-                cfg.num_heads, cfg.num_kv_heads, cfg.head_dim, cfg.d_ff, cfg.norm_eps,
-                cfg.parallel_block, moe, cfg.attention_backend, cfg.block_q, cfg.block_kv,
-                dtype, pdtype, self.train, self.mode, self.cache_len,
-                name=f"layer_{i}")(x, sin, cos, segment_ids, step_positions)
-            if metrics is not None:
-                all_metrics.append(metrics)
+        if cfg.scan_layers:
+            x, stacked = scanned_stack(cfg, self.train, self.mode, self.cache_len)(
+                x, *block_args)
+            # Back to one dict per MoE layer, in layer order (layer i = r * P + j).
+            for r in range(cfg.num_layers // len(cfg.layer_pattern)):
+                all_metrics.extend({k: v[r] for k, v in m.items()} for m in stacked)
+        else:
+            for i in range(cfg.num_layers):
+                x, metrics = _block(cfg, i, self.train, self.mode, self.cache_len,
+                                    f"layer_{i}")(x, *block_args)
+                if metrics is not None:
+                    all_metrics.append(metrics)
         x = RMSNorm(cfg.norm_eps, dtype, pdtype, name="final_norm")(x)
         if self.return_hidden and not self.is_initializing():
             return x, all_metrics
