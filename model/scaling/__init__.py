@@ -1,0 +1,1 @@
+"""Chinchilla-style scaling: compute-optimal laws, fits, model shapes and sweeps."""
