@@ -1,0 +1,216 @@
+"""Tapestry checkpoint -> HF transformers model directory.
+
+    python -m model.export_hf --gin_file=gin/models/tiny.gin \
+        --checkpoint=/tmp/run --out=/tmp/run/hf [--step=N] [--dtype=bfloat16]
+
+reads the params of a checkpoint (`model.checkpointing.restore_params`; the model gin
+file must be the one it was trained with), checks them against the model's own
+parameter tree (`jax.eval_shape` of `DecoderOnlyModel.init`, unrolled or scanned
+layers), and writes to --out:
+  config.json                         the HF architecture (model/hf_mapping.py picks it:
+                                      Llama, Gemma, Mixtral or Qwen2-MoE)
+  model.safetensors, or model-0000i-of-0000n.safetensors + model.safetensors.index.json
+                                      (shards of at most --max_shard_mb, written one at a time)
+  generation_config.json              start token 0 (our BOS), eos 1, pad 0
+  tokenizer.model, tokenizer_config.json, special_tokens_map.json
+                                      our SentencePiece model (--vocab; default the packaged
+                                      tasks/vocab/tapestry_8k.model), no added BOS/EOS
+Media encoders are not exported (HF has no place for them): the text decoder alone is,
+and the command says so. Options HF cannot express (parallel_block) are refused with a
+message naming them. No torch or transformers needed.
+
+Load the result with `transformers.AutoModelForCausalLM.from_pretrained(out)`; prompts
+start with token 0, as in our decoding (`bos_token_id` = 0).
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import importlib.resources
+import json
+import logging
+import sys
+from typing import Any, Mapping, Sequence
+
+import numpy as np
+
+from model import fs, hf_mapping
+from model.config import TransformerConfig
+
+log = logging.getLogger("tapestry.export_hf")
+DTYPES = {"float32": np.float32, "float16": np.float16, "bfloat16": None}
+MEDIA_FIELDS = ("image", "video", "audio")
+
+
+def text_config(cfg: TransformerConfig) -> TransformerConfig:
+    """`cfg` without media encoders (what an HF causal LM holds)."""
+    return dataclasses.replace(cfg, **{m: None for m in MEDIA_FIELDS})
+
+
+def expected_shapes(cfg: TransformerConfig) -> dict[tuple[str, ...], tuple[int, ...]]:
+    """{path: shape} of the model's parameters, from `jax.eval_shape` of its init."""
+    import flax.linen as nn
+    import jax
+    import jax.numpy as jnp
+
+    from model.models import DecoderOnlyModel
+    model = DecoderOnlyModel(cfg)
+    batch = {"decoder_input_tokens": jnp.zeros((1, 8), jnp.int32)}
+    abstract = nn.meta.unbox(jax.eval_shape(lambda: model.init(jax.random.key(0), batch)))
+    return {_path(k): tuple(v.shape) for k, v in jax.tree_util.tree_flatten_with_path(
+        abstract)[0]}
+
+
+def _path(keys) -> tuple[str, ...]:
+    return tuple(str(getattr(k, "key", getattr(k, "name", k))) for k in keys)
+
+
+def _flat(tree: Any, prefix: tuple[str, ...] = ()) -> dict[tuple[str, ...], Any]:
+    if isinstance(tree, Mapping):
+        out = {}
+        for k, v in tree.items():
+            out.update(_flat(v, prefix + (str(k),)))
+        return out
+    return {prefix: getattr(tree, "value", tree)}
+
+
+def check_params(params: Mapping[str, Any], cfg: TransformerConfig) -> None:
+    """Raises ValueError naming each text-decoder parameter missing or of another shape."""
+    want = {p: s for p, s in expected_shapes(text_config(cfg)).items()}
+    have = _flat(params)
+    bad = [f"{'/'.join(p)}: expected {s}, checkpoint has "
+           f"{tuple(have[p].shape) if p in have else 'nothing'}"
+           for p, s in sorted(want.items()) if p not in have or tuple(have[p].shape) != s]
+    if bad:
+        raise ValueError("checkpoint does not match the model gin config (" + "; ".join(bad[:8])
+                         + (f"; and {len(bad) - 8} more" if len(bad) > 8 else "") + ")")
+
+
+def _cast(x: np.ndarray, dtype: str) -> np.ndarray:
+    if dtype == "bfloat16":
+        import ml_dtypes
+        return x.astype(ml_dtypes.bfloat16)
+    return x.astype(DTYPES[dtype])
+
+
+def default_vocab() -> str:
+    return str(importlib.resources.files("tasks").joinpath("vocab/tapestry_8k.model"))
+
+
+def write_tokenizer(out: str, vocab: str) -> None:
+    """Our SentencePiece model as HF tokenizer files (no BOS/EOS added on encode)."""
+    fs.write_bytes(fs.join(out, "tokenizer.model"), fs.read_bytes(vocab))
+    special = {"bos_token": "<pad>", "eos_token": "</s>", "pad_token": "<pad>",
+               "unk_token": "<unk>"}
+    tok_cfg = dict(special, tokenizer_class="LlamaTokenizer", add_bos_token=False,
+                   add_eos_token=False, add_prefix_space=False, legacy=False,
+                   clean_up_tokenization_spaces=False, model_max_length=1 << 30)
+    fs.write_text(fs.join(out, "tokenizer_config.json"), json.dumps(tok_cfg, indent=2))
+    fs.write_text(fs.join(out, "special_tokens_map.json"), json.dumps(special, indent=2))
+
+
+def export(params: Mapping[str, Any], cfg: TransformerConfig, out: str, *,
+           dtype: str | None = None, vocab: str | None = None,
+           max_shard_mb: float = 2000) -> dict[str, Any]:
+    """Writes the HF directory for `params` (plain or boxed arrays, unrolled or scanned
+    layout, with or without encoders) to `out`; returns {architecture, files, tensors}."""
+    arch = hf_mapping.choose_architecture(cfg)
+    dropped = [m for m in MEDIA_FIELDS if getattr(cfg, m) is not None]
+    if dropped:
+        log.warning("exporting the text decoder alone: the %s encoder(s) have no place in "
+                    "an HF causal LM and are left out", ", ".join(dropped))
+    params = {k: v for k, v in params.items() if k != "encoders"}
+    check_params(params, cfg)
+    tcfg = text_config(cfg)
+    dtype = dtype or cfg.param_dtype
+    if dtype not in DTYPES:
+        raise ValueError(f"dtype={dtype!r}: choose one of {sorted(DTYPES)}")
+    fs.makedirs(out)
+    from safetensors.numpy import save
+
+    shards: list[dict[str, np.ndarray]] = [{}]
+    size = 0
+    files, weight_map, total = [], {}, 0
+    limit = int(max_shard_mb * (1 << 20))
+
+    def flush() -> None:
+        # Names are fixed once the count is known; write to a temporary name first.
+        name = f"shard-{len(files):05d}.tmp"
+        fs.write_bytes(fs.join(out, name), save(shards[0], metadata={"format": "pt"}))
+        files.append((name, list(shards[0])))
+        shards[0] = {}
+
+    for name, value in hf_mapping.to_hf(_flat_to_tree(params), tcfg, arch):
+        value = _cast(value, dtype)
+        if size and size + value.nbytes > limit:
+            flush()
+            size = 0
+        shards[0][name] = value
+        size += value.nbytes
+        total += value.nbytes
+    flush()
+    names = (["model.safetensors"] if len(files) == 1 else
+             [f"model-{i + 1:05d}-of-{len(files):05d}.safetensors" for i in range(len(files))])
+    for (tmp, keys), final in zip(files, names):
+        fs.rename(fs.join(out, tmp), fs.join(out, final))
+        weight_map.update({k: final for k in keys})
+    if len(files) > 1:
+        fs.write_text(fs.join(out, "model.safetensors.index.json"), json.dumps(
+            {"metadata": {"total_size": total}, "weight_map": weight_map}, indent=2))
+    config = hf_mapping.hf_config(tcfg, arch, dtype)
+    if arch == "qwen2_moe" and not tcfg.moe.num_shared_experts:
+        config["tapestry_zero_shared_expert"] = True  # the width-1 zero expert is filler
+    fs.write_text(fs.join(out, "config.json"), json.dumps(config, indent=2))
+    fs.write_text(fs.join(out, "generation_config.json"), json.dumps(
+        {"bos_token_id": 0, "eos_token_id": 1, "pad_token_id": 0, "do_sample": False},
+        indent=2))
+    write_tokenizer(out, vocab or default_vocab())
+    return {"architecture": config["architectures"][0], "files": names,
+            "tensors": len(weight_map)}
+
+
+def _flat_to_tree(params: Mapping[str, Any]) -> dict[str, Any]:
+    """Unboxes (nn.Partitioned -> array) and pulls arrays to host, keeping the nesting."""
+    if isinstance(params, Mapping):
+        return {k: _flat_to_tree(v) for k, v in params.items()}
+    return np.asarray(getattr(params, "value", params))
+
+
+def export_checkpoint(checkpoint: str, cfg: TransformerConfig, out: str,
+                      step: int | None = None, **kwargs: Any) -> dict[str, Any]:
+    """`export` of the params saved at `checkpoint` (a MODEL_DIR, its checkpoints/ dir or
+    a step dir; latest step unless `step`)."""
+    from model.checkpointing import restore_params
+    params, step = restore_params(checkpoint, step)
+    summary = export(params, cfg, out, **kwargs)
+    summary["step"] = step
+    return summary
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0], add_help=False)
+    parser.add_argument("--checkpoint", required=True)
+    parser.add_argument("--out", required=True)
+    parser.add_argument("--step", type=int, default=None)
+    parser.add_argument("--dtype", choices=sorted(DTYPES), default=None)
+    parser.add_argument("--vocab", default=None, help="SentencePiece model (default: ours)")
+    parser.add_argument("--max_shard_mb", type=float, default=2000)
+    args, rest = parser.parse_known_args(argv)
+    from model import gin_flags
+    from model.models import DecoderOnlyModel
+    try:
+        gin_flags.parse_gin_flags(rest, "Export a Tapestry checkpoint to HF transformers.")
+        cfg = DecoderOnlyModel().config
+        summary = export_checkpoint(args.checkpoint, cfg, args.out, args.step,
+                                    dtype=args.dtype, vocab=args.vocab,
+                                    max_shard_mb=args.max_shard_mb)
+    except (hf_mapping.UnsupportedForHF, ValueError, FileNotFoundError) as e:
+        print(f"export_hf: {e}", file=sys.stderr)
+        return 2
+    print(json.dumps(summary))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
