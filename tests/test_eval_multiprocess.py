@@ -124,8 +124,8 @@ def _moe_scores(runner, params, requests, batch_size, buckets):
 
 def test_moe_scores_on_a_mesh_equal_one_device():
     """Capacity MoE with a small eval capacity (tokens are dropped): each row is its own
-    routing group and padding is never routed, so a mesh changes nothing but float
-    rounding, and with expert axis 1 not even that."""
+    routing group and padding is never routed, so a mesh (expert parallel, model
+    sharded) changes nothing but float rounding, and with expert axis 1 not even that."""
     if jax.device_count() < 8:
         pytest.skip("needs XLA_FLAGS=--xla_force_host_platform_device_count=8")
     cfg = dict(SMALL, **{"moe.capacity_factor_eval": 0.5, "moe.expert_hidden": 32})
@@ -139,7 +139,7 @@ def test_moe_scores_on_a_mesh_equal_one_device():
     want = _moe_scores(one, params, reqs, 8, None)
     data = sharded.MeshRunner(model, Partitioner((8, 1, 1)), 64, rows_per_device=1)
     np.testing.assert_array_equal(_moe_scores(data, data.place(host), reqs, 8, None), want)
-    experts = sharded.MeshRunner(model, Partitioner((2, 4, 1)), 64)
+    experts = sharded.MeshRunner(model, Partitioner((1, 4, 2)), 64)  # experts 1/4, mlp 1/2
     np.testing.assert_allclose(_moe_scores(experts, experts.place(host), reqs, 8, None), want,
                                rtol=1e-5, atol=1e-5)
 
