@@ -28,13 +28,13 @@ C capacity per expert and group, F expert hidden, K top-k, A assignments (B*T*K)
 """
 from __future__ import annotations
 
+import functools
 import math
 from typing import Callable
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
-
 import numpy as np
 
 from model import moe_parallel
@@ -64,14 +64,22 @@ def load_balance_loss(experts: jax.Array, probs: jax.Array, token_mask: jax.Arra
     return num_experts ** 2 * jnp.mean(f * p), f
 
 
+@functools.lru_cache(maxsize=64)
+def _capacity_table(tokens: int, capacity_factor: float, top_k: int, num_experts: int
+                    ) -> np.ndarray:
+    """[tokens + 1] int32: entry n = max(1, ceil(cf * n * k / E)), in float64 as
+    MoEConfig.capacity (a lookup keeps it exact; float32 in-graph could be off by one)."""
+    return np.array([max(1, math.ceil(capacity_factor * n * top_k / num_experts))
+                     for n in range(tokens + 1)], np.int32)
+
+
 def capacities(token_mask: jax.Array, capacity_factor: float, top_k: int, num_experts: int
                ) -> tuple[int, jax.Array]:
     """(C for the buffers from the padded length T, C_b [B] int32 from each row's real
-    tokens): ceil(cf * tokens * k / E), at least 1, exactly as MoEConfig.capacity."""
-    t = token_mask.shape[-1]
-    table = [max(1, math.ceil(capacity_factor * n * top_k / num_experts)) for n in range(t + 1)]
+    tokens): ceil(cf * tokens * k / E), at least 1."""
+    table = _capacity_table(token_mask.shape[-1], capacity_factor, top_k, num_experts)
     real = jnp.sum(token_mask, axis=-1, dtype=jnp.int32)
-    return table[t], jnp.asarray(np.asarray(table, np.int32))[real]
+    return int(table[-1]), jnp.asarray(table)[real]
 
 
 def capacity_slots(experts: jax.Array, token_mask: jax.Array, num_experts: int,

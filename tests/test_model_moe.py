@@ -129,12 +129,13 @@ def test_padding_takes_no_capacity():
     x = _x(b=2, t=10, d=8)
     mask = jnp.ones((2, 10), bool).at[1, 7:].set(False)
     moe = MoE(num_experts=4, top_k=2, hidden=16, capacity_factor=1.0)
-    p = moe.init(jax.random.PRNGKey(3), x, mask)["params"]
-    y, m = moe.apply({"params": p}, x, mask)
+    p = jax.jit(moe.init)(jax.random.PRNGKey(3), x, mask)["params"]
+    apply = jax.jit(lambda x, mask: moe.apply({"params": p}, x, mask))
+    y, m = apply(x, mask)
     assert float(m["drop_fraction"]) > 0.0  # capacity binds
     x_pad = jnp.concatenate([x, _x(b=2, t=30, d=8, seed=9)], axis=1)  # junk in the padding
     mask_pad = jnp.concatenate([mask, jnp.zeros((2, 30), bool)], axis=1)
-    y_pad, m_pad = moe.apply({"params": p}, x_pad, mask_pad)
+    y_pad, m_pad = apply(x_pad, mask_pad)
     np.testing.assert_allclose(y_pad[:, :10] * mask[..., None], y * mask[..., None],
                                rtol=1e-6, atol=1e-6)
     assert float(m_pad["drop_fraction"]) == float(m["drop_fraction"])

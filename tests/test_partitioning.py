@@ -104,3 +104,17 @@ def test_microbatches_match_full_batch(single_device):
     ref, _ = single_device
     losses, _ = _losses((1, 1, 1), num_devices=1, num_microbatches=2)
     np.testing.assert_allclose(losses, ref, rtol=1e-4, atol=1e-4)
+
+
+def test_rules_put_dispatched_tokens_expert_dim_on_expert_axis():
+    """MoE buffers [E, B*C, D]: E over 'expert', rows over 'data'; activations [B, T, D]
+    still split rows over ('data', 'expert'); expert weights E over 'expert'."""
+    import flax.linen as nn
+    from jax.sharding import PartitionSpec as P
+    rules = Partitioner((1, 1, 1), num_devices=1).rules
+    assert nn.logical_to_mesh_axes(("expert", "batch", "embed"), rules) == P(
+        "expert", "data", None)
+    assert nn.logical_to_mesh_axes(("batch", "length", "embed"), rules) == P(
+        ("data", "expert"), None, None)
+    assert nn.logical_to_mesh_axes(("expert", "embed", "mlp"), rules) == P(
+        "expert", None, "model")
