@@ -18,11 +18,15 @@ its own label, so the whole corpus costs one pipeline start-up instead of
 eighteen. Media options are the multimodal job's (`--image_size`, ...); dead
 letters and summaries land beside each task's cache as usual. A summary line per
 (task, split) is printed at the end, and the job exits non-zero if any summary does
-not balance (a document lost or duplicated: pipelines/job_summary.py).
+not balance (a document lost or duplicated: pipelines/job_summary.py). With
+`--curate=train`, the train split's text is curated first (pipelines/curation; its
+flags apply), decontaminated against the other splits' text as well, and the kept
+documents are tokenized; curation outputs land in `<cache_dir>/tapestry_text/curated.train/`.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import sys
 import time
 from typing import Sequence
@@ -31,6 +35,8 @@ import apache_beam as beam
 from apache_beam.io.filesystems import FileSystems
 
 from pipelines import beam_options, job_summary, mm_readers, preprocess_multimodal, preprocess_text
+from pipelines.curation import curate
+from pipelines.curation import transforms as curation_transforms
 
 # (kind, manifest path under <corpus_dir>/<split>/ with {split} filled in)
 CORPUS_SOURCES = (
@@ -52,6 +58,10 @@ def main(argv: Sequence[str] | None = None) -> dict:
     parser.add_argument("--vocab", default=preprocess_multimodal.DEFAULT_VOCAB,
                         help="SentencePiece model: a path, a gs:// or s3:// URI, or package:<pkg>/<file>")
     preprocess_multimodal.add_media_flags(parser)
+    parser.add_argument("--curate", default="", metavar="SPLITS",
+                        help="comma-separated splits whose text is curated before tokenizing (e.g. train; "
+                             "decontaminated against the other splits' text too): pipelines/curation")
+    curation_transforms.add_flags(parser)
     args, options = beam_options.parse(parser, argv)
     splits = [s for s in args.splits.split(",") if s]
     infos = [FileSystems.join(args.corpus_dir, s, "corpus_info.json") for s in splits]
@@ -65,6 +75,22 @@ def main(argv: Sequence[str] | None = None) -> dict:
         parser.error(str(e))
 
     start = time.time()
+    text_inputs = {split: FileSystems.join(args.corpus_dir, split, TEXT_SOURCE) for split in splits}
+    curate_splits = [x for x in args.curate.split(",") if x]
+    if set(curate_splits) - set(splits):
+        parser.error(f"--curate={args.curate}: {sorted(set(curate_splits) - set(splits))} not in --splits={args.splits}")
+    if curate_splits:  # one curation pipeline for those splits first; their kept shards replace the text source
+        held_out = tuple(f"heldout_{x}=text:{path}" for x, path in text_inputs.items() if x not in curate_splits)
+        try:
+            cfg = dataclasses.replace(curation_transforms.config_from_flags(args),
+                                      eval_sets=tuple(args.eval_set or ()) + held_out)
+        except ValueError as e:
+            parser.error(str(e))
+        outs = {x: FileSystems.join(args.cache_dir, TEXT_TASK, f"curated.{x}") for x in curate_splits}
+        summaries = curate.run_many([([text_inputs[x]], outs[x]) for x in curate_splits], cfg, options)
+        for x, out in outs.items():
+            print(f"[curate] {x}: {curate.describe(summaries[out])} -> {out}")
+            text_inputs[x] = curate.kept_pattern(out)
     jobs = []
     with beam.Pipeline(options=options) as p:
         for split in splits:
@@ -77,7 +103,7 @@ def main(argv: Sequence[str] | None = None) -> dict:
                     reader_options=mm_readers.ReaderOptions())
                 jobs.append((task, split))
             _ = p | f"{TEXT_TASK}_{split}" >> preprocess_text.PreprocessText(
-                [FileSystems.join(root, TEXT_SOURCE)], args.cache_dir, TEXT_TASK, args.vocab, split=split)
+                [text_inputs[split]], args.cache_dir, TEXT_TASK, args.vocab, split=split)
             jobs.append((TEXT_TASK, split))
 
     summaries = {}

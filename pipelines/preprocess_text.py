@@ -25,6 +25,11 @@ replaced) + WriteDeadLetters + WriteSummary:
     <cache_dir>/<task>/dead_letter.<split>-NNNNN-of-00008.jsonl  {"id", "source", "reason", "detail"}
     <cache_dir>/<task>/summary.<split>.json                      documents in / out / dead, examples
 
+With `--curate`, a curation pipeline runs first (pipelines/curation/curate.py, its
+flags here too: `--eval_set`, `--languages`, `--no-near_dedup`, ...) and writes
+`<cache_dir>/<task>/curated.<split>/` (kept shards, rejects, summary, report); the
+kept shards are then what this job tokenizes.
+
 Failure contract (as the multimodal job's, pipelines/job_summary.py): a line that
 is not UTF-8, not JSON, not an object or has no string "text" is dead-lettered as
 `bad_record`, a blank text as `empty`, a file that vanished as `missing_file`, each
@@ -42,8 +47,11 @@ import time
 from typing import Iterator, Sequence
 
 import apache_beam as beam
+from apache_beam.io.filesystems import FileSystems
 
 from pipelines import beam_options, job_summary, seqio_cache, special_tokens, text_io, vocab
+from pipelines.curation import curate
+from pipelines.curation import transforms as curation_transforms
 
 DEFAULT_VOCAB = vocab.DEFAULT_VOCAB  # the copy inside the installed package (pipelines/vocab.py)
 
@@ -169,6 +177,10 @@ def make_parser():
     parser.add_argument("--num_shards", type=int, default=seqio_cache.DEFAULT_NUM_SHARDS,
                         help="TFRecord shards per split (fixed, so a rebuilt cache has the same order; "
                              ">= the number of training hosts)")
+    parser.add_argument("--curate", action="store_true",
+                        help="curate first (pipelines/curation: language, Gopher quality/repetition, decontamination, "
+                             "dedup) into <cache_dir>/<task>/curated.<split>/ and tokenize what it keeps")
+    curation_transforms.add_flags(parser)
     return parser
 
 
@@ -181,9 +193,14 @@ def main(argv: Sequence[str] | None = None) -> dict:
             raise ValueError(f"--num_shards must be >= 1, got {args.num_shards}")
         text_io.resolve_patterns(args.input)
         vocab.check(args.vocab)
+        cfg = curation_transforms.config_from_flags(args)
     except (ValueError, FileNotFoundError) as e:
         parser.error(str(e))
     start = time.time()
+    if args.curate:  # a pipeline of its own before this one: its kept shards are this job's input
+        curated = FileSystems.join(seqio_cache.task_cache_dir(args.cache_dir, args.task), f"curated.{args.split}")
+        print(f"[curate] {curate.describe(curate.run(args.input, curated, cfg, options))} -> {curated}")
+        args.input = [curate.kept_pattern(curated)]
     with beam.Pipeline(options=options) as p:
         build(p, args.input, args.cache_dir, args.task, args.vocab, split=args.split,
               validation_fraction=args.validation_fraction, max_chars=args.max_chars, num_shards=args.num_shards)

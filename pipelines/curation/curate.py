@@ -137,13 +137,26 @@ def make_parser():
 def run(inputs: Sequence[str], output_dir: str, cfg: transforms.CurationConfig, options,
         num_shards: int = DEFAULT_NUM_SHARDS) -> dict:
     """Runs the curation pipeline; returns the summary (SystemExit if it does not balance)."""
+    return run_many([(inputs, output_dir)], cfg, options, num_shards)[output_dir]
+
+
+def run_many(jobs: Sequence[tuple[Sequence[str], str]], cfg: transforms.CurationConfig, options,
+             num_shards: int = DEFAULT_NUM_SHARDS) -> dict[str, dict]:
+    """Curates each (inputs, output_dir) separately, in one pipeline; {output_dir: summary}."""
     with beam.Pipeline(options=options) as p:
-        _ = p | "CurateFiles" >> CurateFiles(inputs, output_dir, cfg, num_shards)
-    summary = read_summary(output_dir)
-    if not summary["balanced"]:
-        raise SystemExit(f"curation summary does not balance: {summary['documents_in']} documents in != "
-                         f"{summary['kept']} kept + {summary['dropped']} dropped ({output_dir}/summary.json)")
-    return summary
+        for i, (inputs, output_dir) in enumerate(jobs):
+            _ = p | f"CurateFiles_{i}" >> CurateFiles(inputs, output_dir, cfg, num_shards)
+    summaries = {out: read_summary(out) for _, out in jobs}
+    bad = [f"{out}: {s['documents_in']} in != {s['kept']} kept + {s['dropped']} dropped"
+           for out, s in summaries.items() if not s["balanced"]]
+    if bad:
+        raise SystemExit("curation summary does not balance: " + "; ".join(bad))
+    return summaries
+
+
+def describe(summary: dict) -> str:
+    return (f"{summary['documents_in']} documents in, {summary['kept']} kept, {summary['dropped']} dropped "
+            f"{summary['dropped_by_rule']}")
 
 
 def main(argv: Sequence[str] | None = None) -> dict:
@@ -156,8 +169,7 @@ def main(argv: Sequence[str] | None = None) -> dict:
         parser.error(str(e))
     start = time.time()
     summary = run(args.input, args.output_dir, cfg, options, args.num_shards)
-    print(f"[curate] {summary['documents_in']} documents in, {summary['kept']} kept, {summary['dropped']} dropped "
-          f"{summary['dropped_by_rule']} in {time.time() - start:.1f}s -> {args.output_dir}")
+    print(f"[curate] {describe(summary)} in {time.time() - start:.1f}s -> {args.output_dir}")
     return summary
 
 

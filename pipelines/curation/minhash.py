@@ -69,8 +69,10 @@ class MinHasher:
     def signature(self, text: str) -> np.ndarray | None:
         """uint64 [bands * rows], or None when the text has fewer than n_grams words."""
         sh = self.shingles(text)
-        if not len(sh):
-            return None
+        return self.signature_of(sh) if len(sh) else None
+
+    def signature_of(self, sh: np.ndarray) -> np.ndarray:
+        """uint64 [bands * rows] of a non-empty uint64 [N] array of shingle hashes."""
         sig = np.full(self._a.shape[1], np.iinfo(np.uint64).max, dtype=np.uint64)
         with np.errstate(over="ignore"):
             for chunk in range(0, len(sh), 4096):  # bounded memory: [chunk, bands * rows]
