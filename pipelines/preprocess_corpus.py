@@ -82,12 +82,13 @@ def main(argv: Sequence[str] | None = None) -> dict:
     if curate_splits:  # one curation pipeline for those splits first; their kept shards replace the text source
         held_out = tuple(f"heldout_{x}=text:{path}" for x, path in text_inputs.items() if x not in curate_splits)
         try:
-            cfg = dataclasses.replace(curation_transforms.config_from_flags(args),
-                                      eval_sets=tuple(args.eval_set or ()) + held_out)
+            curation_cfg = dataclasses.replace(curation_transforms.config_from_flags(args),
+                                               eval_sets=tuple(args.eval_set or ()) + held_out)
         except ValueError as e:
             parser.error(str(e))
         outs = {x: FileSystems.join(args.cache_dir, TEXT_TASK, f"curated.{x}") for x in curate_splits}
-        summaries = curate.run_many([([text_inputs[x]], outs[x]) for x in curate_splits], cfg, options)
+        summaries = curate.run_many([([text_inputs[x]], outs[x]) for x in curate_splits], curation_cfg,
+                                   options)
         for x, out in outs.items():
             print(f"[curate] {x}: {curate.describe(summaries[out])} -> {out}")
             text_inputs[x] = curate.kept_pattern(out)

@@ -23,9 +23,8 @@ Also here: DataTrove's punctuation set (what a "symbol word" is made of) and its
 
 from __future__ import annotations
 
-import functools
+import itertools
 import re
-import sys
 import unicodedata
 from typing import Callable
 
@@ -39,6 +38,7 @@ SYMBOL_CHARS = frozenset('\x00\x01\x02\x03\x04\x05\x06\x07\x08\x0b\x0c\r\x0e\x0f
 PUNCT_TRANS = str.maketrans(PUNCTUATION, " " * len(PUNCTUATION))
 _NUMBERS = re.compile(r"\d+(?:[.,\u060c\u066b\u2396\u2397\u2398]\d+)?")  # \d is Unicode Nd in `re`
 _WHITESPACE = re.compile(r"\s+")
+_NON_ASCII = re.compile(r"[^\x00-\x7f]+")
 
 _PREFIX = re.compile(_rules.PREFIX).search
 _SUFFIX = re.compile(_rules.SUFFIX).search
@@ -112,6 +112,8 @@ def tokenize_piece(piece: str) -> tuple[str, ...]:
     """One whitespace-free piece of text -> its spaCy tokens (uncached)."""
     if piece in _SPECIALS:
         return _SPECIALS[piece]
+    if piece.isalpha():  # no English prefix, suffix, infix or URL rule matches letters alone
+        return (piece,)
     prefixes, middle, suffixes = _split_affixes(piece)
     tokens = [t for t in prefixes + _middle_tokens(middle) + suffixes[::-1] if t.strip()]
     return tuple(_merge_specials(tokens))
@@ -120,6 +122,8 @@ def tokenize_piece(piece: str) -> tuple[str, ...]:
 def _merge_specials(tokens: list[str]) -> list[str]:
     """spaCy's special-case post-pass: runs of 2-3 split tokens that spell a special case
     (e.g. the emoticon "):" after a word) become that special case's tokens."""
+    if len(tokens) < 2:
+        return tokens
     out, i = [], 0
     while i < len(tokens):
         for n in (3, 2):
@@ -150,11 +154,11 @@ class WordSplitter:
         return tokens
 
     def split(self, text: str) -> list[str]:
-        cache, out = self._cache, []
-        for piece in text.split():
-            tokens = cache.get(piece)
-            out.extend(tokens if tokens is not None else self.piece(piece))
-        return out
+        pieces = text.split()
+        tokens = list(map(self._cache.get, pieces))
+        if None in tokens:  # first sightings: tokenize and cache them
+            tokens = [t if t is not None else self.piece(p) for p, t in zip(pieces, tokens)]
+        return list(itertools.chain.from_iterable(tokens))
 
 
 _DEFAULT = WordSplitter()
@@ -172,17 +176,9 @@ def simplify_text(text: str) -> str:
     text = _NUMBERS.sub("0", text.lower())
     text = _WHITESPACE.sub(" ", text.translate(PUNCT_TRANS).strip())
     if not text.isascii():
-        text = _combining_marks().sub("", unicodedata.normalize("NFD", text))
+        text = _NON_ASCII.sub(_drop_marks, unicodedata.normalize("NFD", text))
     return text.strip()
 
 
-@functools.cache
-def _combining_marks() -> re.Pattern:
-    """A character class of every Unicode combining mark (category Mn), built once."""
-    marks = [c for c in range(sys.maxunicode + 1) if unicodedata.category(chr(c)) == "Mn"]
-    ranges, start = [], marks[0]
-    for prev, cur in zip(marks, marks[1:] + [-1]):
-        if cur != prev + 1:
-            ranges.append(f"{re.escape(chr(start))}-{re.escape(chr(prev))}" if prev > start else re.escape(chr(start)))
-            start = cur
-    return re.compile("[" + "".join(ranges) + "]")
+def _drop_marks(m: re.Match) -> str:
+    return "".join(c for c in m.group() if unicodedata.category(c) != "Mn")
