@@ -77,3 +77,25 @@ def test_text_job_curates_before_tokenizing(tmp_path):
     assert "language_de" not in curated["dropped_by_rule"]  # --languages= turns language ID off
     assert summary["documents_in"] == curated["kept"] == summary["documents_out"]
     assert job_summary.read_summary(str(cache), "t", "train")["balanced"]
+
+
+def test_bad_flags_are_clear_errors(tmp_path, capsys):
+    (tmp_path / "a.jsonl").write_text('{"text": "x"}\n')
+    for flags, message in ((["--eval_set=quiz:/x"], "kind one of"), (["--minhash_bands=0"], "bands must be >= 1")):
+        try:
+            curate.main([f"--input={tmp_path}/a.jsonl", f"--output_dir={tmp_path}/o", RUNNER, *flags])
+        except SystemExit as e:
+            assert e.code == 2
+        else:
+            raise AssertionError(f"{flags} accepted")
+        assert message in capsys.readouterr().err
+
+
+def test_language_verdicts():
+    from pipelines.curation import langid
+
+    ident, cfg = langid.LanguageIdentifier(), langid.LangIdConfig(("en",), min_probability=0.5)
+    lang, prob = ident.identify(synthetic.good_document(random.Random(0)))
+    assert lang == "en" and langid.language_verdict(lang, prob, cfg) is None
+    assert langid.language_verdict("fr", 0.99, cfg) == ("language_fr", 0.99)
+    assert langid.language_verdict("en", 0.2, cfg) == ("language_low_confidence", 0.2)
