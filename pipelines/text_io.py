@@ -8,9 +8,9 @@ by the runner, not collected into the launcher's graph).
 
 Line-oriented files (JSONL, LibriSpeech `*.trans.txt`) larger than `range_bytes`
 are cut into byte ranges from their sizes alone; a range owns the lines that
-start inside it. Line numbers (for `file:line` ids) come from a parallel pass
-that counts each range's lines, then one grouping per file: no file is read
-serially before the work is spread. Compressed files (by extension, through
+start inside it. Ranges are spread over workers, which count each range's lines
+in parallel; the counts come back as one side input giving each range its first
+line number (for `file:line` ids): no file is read serially before the work is spread. Compressed files (by extension, through
 Beam's compression handling) are streamed line by line as one range; other files
 (plain text, CSV or JSON manifests) are one range each.
 
@@ -123,21 +123,30 @@ def _open_raw(path: str):
     return FileSystems.open(path, compression_type=CompressionTypes.UNCOMPRESSED)
 
 
-def count_range_lines(r: ReadRange) -> tuple[str, tuple[ReadRange, int]]:
-    """How many lines start inside the range: newlines in [start-1, end-1), plus the file's first line."""
+def count_range_lines(r: ReadRange) -> tuple[str, int, int]:
+    """(path, start, how many lines start inside the range): newlines in [start-1, end-1), plus the first line."""
     begin = max(r.start - 1, 0)
     with _open_raw(r.path) as f:
         f.seek(begin)
         data = f.read(r.end - 1 - begin)
-    return r.path, (r, data.count(b"\n") + (r.start == 0))
+    return r.path, r.start, data.count(b"\n") + (r.start == 0)
 
 
-def number_ranges(path_and_counts: tuple[str, Iterable[tuple[ReadRange, int]]]) -> Iterator[ReadRange]:
-    _, counts = path_and_counts
-    first = 1
-    for r, n in sorted(counts, key=lambda rc: rc[0].start):
-        yield dataclasses.replace(r, first_line=first)
-        first += n
+def first_lines(counts: Iterable[tuple[str, int, int]]) -> dict[tuple[str, int], int]:
+    """{(path, start): number of the range's first line} from every range's line count."""
+    firsts, by_path = {}, {}
+    for path, start, n in counts:
+        by_path.setdefault(path, []).append((start, n))
+    for path, ranges in by_path.items():
+        first = 1
+        for start, n in sorted(ranges):
+            firsts[path, start] = first
+            first += n
+    return firsts
+
+
+def numbered(r: ReadRange, firsts: dict[tuple[str, int], int]) -> ReadRange:
+    return r if r.first_line is not None else dataclasses.replace(r, first_line=firsts[r.path, r.start])
 
 
 def _strip_eol(line: bytes) -> bytes:
@@ -213,15 +222,16 @@ class ReadRanges(beam.PTransform):
                  | "PathSize" >> beam.Map(lambda m: (m.path, m.size_in_bytes)))
         if len(set(self._patterns)) > 1:  # one glob never lists a file twice; several may
             files = files | "Distinct" >> beam.Distinct()
-        numbered, to_count = (files
-                              | "Plan" >> beam.FlatMap(plan_ranges, self._by_lines, self._range_bytes)
-                              | "NeedsCount" >> beam.Partition(lambda r, _: int(r.first_line is None), 2))
-        counted = (to_count
-                   | "SpreadCounts" >> beam.Reshuffle()
-                   | "CountLines" >> beam.Map(count_range_lines)
-                   | "ByFile" >> beam.GroupByKey()
-                   | "Number" >> beam.FlatMap(number_ranges))
-        return (numbered, counted) | "All" >> beam.Flatten() | "Spread" >> beam.Reshuffle()
+        ranges = (files
+                  | "Plan" >> beam.FlatMap(plan_ranges, self._by_lines, self._range_bytes)
+                  | "Spread" >> beam.Reshuffle())
+        # Ranges of split files are counted where they landed; the counts come back as one small side input.
+        firsts = (ranges
+                  | "ToCount" >> beam.Filter(lambda r: r.first_line is None)
+                  | "CountLines" >> beam.Map(count_range_lines)
+                  | "AllCounts" >> beam.combiners.ToList()
+                  | "FirstLines" >> beam.Map(first_lines))
+        return ranges | "Number" >> beam.Map(numbered, beam.pvalue.AsSingleton(firsts))
 
 
 # --- records ---------------------------------------------------------------------------------------------------

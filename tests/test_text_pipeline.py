@@ -98,10 +98,9 @@ def _ranges_with_line_numbers(path: str, range_bytes: int) -> list[text_io.ReadR
     import os
 
     planned = list(text_io.plan_ranges((path, os.path.getsize(path)), text_io.is_jsonl, range_bytes))
-    if planned[0].first_line is not None:  # small enough for one range: numbered already
-        return planned
-    counted = [text_io.count_range_lines(r)[1] for r in planned]
-    return list(text_io.number_ranges((path, counted[::-1])))  # any order in, file order out
+    counts = [text_io.count_range_lines(r) for r in planned if r.first_line is None]
+    firsts = text_io.first_lines(counts[::-1])  # any order in
+    return [text_io.numbered(r, firsts) for r in planned]
 
 
 @pytest.mark.parametrize("trailing_newline", [True, False])
