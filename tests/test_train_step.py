@@ -66,3 +66,19 @@ def test_hooks_run_every_n_and_when_forced():
     assert hooks.due(4) and not hooks.due(5)
     with pytest.raises(ValueError, match="every=0"):
         hooks.add(print, every=0)
+
+
+def test_gpu_check_script_runs_its_cpu_smoke_mode(tmp_path):
+    """benchmarks/gpu_check.py (the GPU one-shot script) on tiny sizes: every part's code
+    runs, the attention backends agree on packed rows, the JSON report is complete."""
+    import json
+
+    from benchmarks import gpu_check
+    out = tmp_path / "gpu_check.json"
+    assert gpu_check.main(["--cpu_smoke", "--mfu=mfu_moe", f"--json={out}"]) == 0
+    res = json.loads(out.read_text())
+    assert res["failed"] == []
+    assert res["attention"]["blockwise"]["ok"] and res["attention"]["xla"]["ok"]
+    assert res["long"]["tokens"] == 2048 and np.isfinite(res["long"]["loss"])
+    assert res["long"]["compiled_bytes"] > 0
+    assert res["mfu_moe"]["tokens_per_s"] > 0 and 0 < res["mfu_moe"]["mfu"]
