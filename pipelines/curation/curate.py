@@ -14,7 +14,7 @@ WriteSummary (+ report). Outputs in --output_dir:
     rejects-NNNNN-of-MMMMM.jsonl    {"id", "stage", "reason", "value", "detail"}, one per dropped
                                     document (unreadable records: stage "read", their dead-letter reason)
     summary.json                    {"documents_in", "kept", "dropped", "dropped_by_rule",
-                                     "dropped_by_stage", "balanced", "components_unconverged_edges"}
+                                     "dropped_by_stage", "balanced"}
     report.md, report.html          rule table, bar chart of removals, a histogram per signal
 
 Shards are deterministic (by a hash of the id, ordered inside) and replaced as a whole.

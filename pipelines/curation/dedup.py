@@ -3,7 +3,7 @@
     (id, text) | ExactDuplicates()              -> (id, kept id) for every document to drop
     (id, text) | NearDuplicates(MinHashConfig()) -> (id, kept id) for every document to drop
 
-Exact: documents whose normalised text (words.simplify_text) hashes the same form a
+Exact: documents whose text is equal up to case and whitespace (`exact_key`) form a
 cluster. Near: documents sharing any LSH band of their MinHash signatures
 (minhash.py) are joined by an edge (each bucket becomes a star on its smallest id),
 and clusters are the connected components of those edges over the whole corpus.
@@ -30,14 +30,14 @@ from typing import Iterable, Iterator
 import apache_beam as beam
 
 from pipelines.curation import minhash as minhash_lib
-from pipelines.curation import words as words_lib
 
 NAMESPACE = "curation"
 DEFAULT_ROUNDS = 8
 
 
 def exact_key(text: str) -> bytes:
-    return hashlib.blake2b(words_lib.simplify_text(text).encode("utf-8"), digest_size=16).digest()
+    """128-bit hash of the text lower-cased with whitespace runs collapsed (digits and punctuation kept)."""
+    return hashlib.blake2b(" ".join(text.lower().split()).encode("utf-8"), digest_size=16).digest()
 
 
 def drop_all_but_smallest(ids: Iterable[str]) -> Iterator[tuple[str, str]]:
