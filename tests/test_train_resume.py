@@ -28,7 +28,7 @@ def _tail(path) -> str:
     return path.read_text()[-3000:] if path.exists() else ""
 
 
-def _wait_for_step(proc, model_dir, step: int, timeout: float = 180) -> int:
+def _wait_for_step(proc, model_dir, step: int, timeout: float = 600) -> int:
     path = model_dir / "metrics.jsonl"
     deadline = time.time() + timeout
     while time.time() < deadline:
@@ -55,7 +55,7 @@ def test_sigkill_and_restart_reproduces_losses_bitwise(tmp_path):
     killed.send_signal(signal.SIGKILL)
     killed.wait(timeout=30)
     before_kill = _losses(run_dir)
-    assert ref.wait(timeout=300) == 0, _tail(tmp_path / "uninterrupted.log")
+    assert ref.wait(timeout=900) == 0, _tail(tmp_path / "uninterrupted.log")
 
     restarted = train_testlib.run(train_testlib.cli_args(run_dir, steps, RESUME_BINDINGS))
     assert restarted.returncode == 0, restarted.stderr[-3000:]
@@ -78,7 +78,7 @@ def test_sigterm_saves_at_the_step_caught(tmp_path):
         tmp_path / "run.log")
     _wait_for_step(proc, model_dir, 7)
     proc.send_signal(signal.SIGTERM)
-    proc.wait(timeout=120)
+    proc.wait(timeout=600)
     out = (tmp_path / "run.log").read_text()
     assert proc.returncode == 0, out[-3000:]
     caught = int(re.search(r"preempted: checkpoint saved at step (\d+)", out).group(1))

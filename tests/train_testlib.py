@@ -63,7 +63,7 @@ def popen(args: Sequence[str], log_path: pathlib.Path, num_devices: int = 8
                                 stderr=subprocess.STDOUT, text=True)
 
 
-def run(args: Sequence[str], num_devices: int = 8, timeout: float = 120
+def run(args: Sequence[str], num_devices: int = 8, timeout: float = 600
         ) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", "model.train", *args], cwd=REPO,
                           env=env(num_devices), capture_output=True, text=True,
@@ -111,7 +111,7 @@ def step_losses(trainer, batches, state=None):
 # ---------------------------------------------------------------- multi-process
 def launch(args: Sequence[str], num_processes: int, devices_per_process: int,
            log_path: pathlib.Path, *, failure_grace_s: float = 0.0,
-           heartbeat_timeout_s: int = 10):
+           heartbeat_timeout_s: int = 20):
     """Starts `python -m model.train` as `num_processes` processes of one JAX job
     (model.launch_local); prefixed output goes to `log_path`. Returns the cluster."""
     from model.launch_local import LocalCluster
