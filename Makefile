@@ -8,7 +8,7 @@ export TAPESTRY_DATA_DIR ?= $(abspath ../shared/data)
 export TF_CPP_MIN_LOG_LEVEL ?= 2
 export JAX_PLATFORMS ?= cpu
 
-.PHONY: venv test demo clean-demo wheel
+.PHONY: venv test demo clean-demo wheel sweep-demo
 
 $(VENV)/.installed: requirements.txt requirements.lock
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -38,6 +38,10 @@ DEMO_MEDIA := --image_size=32 --image_patch_size=8 --video_frame_size=32 --video
 	--max_video_frames=4 --max_audio_seconds=2.5
 DEMO_REPORT := $(DEMO_DIR)/report/report.html
 DEMO_SPLITS := train,validation,test  # a variable: a literal comma would split $(call) arguments
+# Curation of the train text (pipelines/curation: Gopher filters, dedup, decontamination against
+# MMLU and the held-out splits; report in $(DEMO_DIR)/cache/tapestry_text/curated.train/report.html).
+# Only for the books: generated sentences are shorter than Gopher's 50-word minimum.
+DEMO_CURATE := $(if $(BOOKS),--curate=train $(if $(wildcard $(TAPESTRY_DATA_DIR)/mmlu),--eval_set=mmlu:$(TAPESTRY_DATA_DIR)/mmlu))
 
 # $(call stage,NAME,WHAT,COMMAND): announce, run, report wall time.
 stage = @echo "==> [$(1)] $(2)"; start=$$(date +%s); $(3) || exit 1; \
@@ -53,9 +57,9 @@ $(DEMO_DIR)/corpus/test/corpus_info.json: | venv
 	  $(if $(BOOKS),--books $(BOOKS)))
 
 $(DEMO_DIR)/cache/DONE: $(DEMO_DIR)/corpus/test/corpus_info.json
-	$(call stage,preprocess,Beam: decode / tokenize / interleave every source into SeqIO caches, \
+	$(call stage,preprocess,Beam: curate the books' train text / decode / tokenize / interleave every source into SeqIO caches, \
 	  $(PY) -m pipelines.preprocess_corpus --corpus_dir=$(DEMO_DIR)/corpus --cache_dir=$(DEMO_DIR)/cache \
-	  $(DEMO_MEDIA) && touch $@)
+	  $(DEMO_MEDIA) $(DEMO_CURATE) && touch $@)
 
 $(DEMO_DIR)/model/TRAINED: $(DEMO_DIR)/cache/DONE
 	$(call stage,train,tiny multimodal MoE from gin/experiments/demo.gin (resumes if interrupted), \
@@ -69,3 +73,26 @@ $(DEMO_REPORT): $(DEMO_DIR)/model/TRAINED
 
 clean-demo:
 	rm -rf $(DEMO_DIR)
+
+# ---------------------------------------------------------------------------
+# Chinchilla IsoFLOP sweep on the text task: 3 budgets x 5 sizes of tiny decoders
+# (C = 6ND with N non-embedding), then Approach 2/3 fits and SWEEP_DIR/report.html.
+# Resumable: rerun to pick up where it stopped. About 15-25 minutes on 2 cores.
+SWEEP_DIR ?= sweep_out
+SWEEP_BUDGETS ?= 2e11,5e11,1.2e12  # a variable: a literal comma would split $(call) arguments
+SWEEP_TEXT := $(if $(BOOKS),$(BOOKS),$(DEMO_DIR)/corpus/train/text)
+
+$(SWEEP_DIR)/cache/tapestry_text/COMPLETED: | venv
+	$(if $(BOOKS),,$(MAKE) $(DEMO_DIR)/corpus/test/corpus_info.json)
+	$(call stage,sweep-data,text -> SeqIO cache for the sweep, \
+	  $(PY) -m pipelines.preprocess_text $(addprefix --input=,$(SWEEP_TEXT)) \
+	  --cache_dir=$(SWEEP_DIR)/cache --task=tapestry_text --validation_fraction=0.02)
+
+sweep-demo: $(SWEEP_DIR)/cache/tapestry_text/COMPLETED
+	$(call stage,sweep,IsoFLOP sweep (3 budgets x 5 sizes) + fits + report, \
+	  $(PY) -m model.sweep --gin_file=gin/runs/pretrain.gin \
+	  --gin_binding="MIXTURE_OR_TASK_NAME='tapestry_text'" \
+	  --gin_binding="CACHE_DIR='$(abspath $(SWEEP_DIR)/cache)'" \
+	  --budgets=$(SWEEP_BUDGETS) --sizes=5 --spread=3 --seq_len=128 --batch_size=8 \
+	  --parallel=2 --out=$(SWEEP_DIR))
+	@echo "Report: $(abspath $(SWEEP_DIR)/report.html)"

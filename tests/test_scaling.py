@@ -152,3 +152,31 @@ def test_exact_flops_match_xla_cost_analysis(name):
     analysis = analysis[0] if isinstance(analysis, (list, tuple)) else analysis
     counted = flops_lib.flops_per_token(cfg, t) * b * t
     assert analysis["flops"] == pytest.approx(counted, rel=0.10)
+
+
+@pytest.mark.slow
+def test_sweep_trains_fits_reports_and_resumes(tmp_path):
+    """2 budgets x 3 sizes on synthetic data, then a rerun that only redoes one point."""
+    import json
+    import os
+    import subprocess
+    import sys
+    env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}  # one CPU device
+    out = tmp_path / "sweep"
+    cmd = [sys.executable, "-m", "model.sweep", "--gin_file=gin/runs/pretrain_synthetic.gin",
+           "--budgets=2e9,4e9", "--sizes=3", "--seq_len=32", "--batch_size=4", "--parallel=2",
+           "--bootstrap=10", f"--out={out}"]
+    run = subprocess.run(cmd, capture_output=True, text=True, timeout=900, env=env)
+    assert run.returncode == 0, run.stderr[-3000:]
+    fits = json.loads((out / "fits.json").read_text())
+    assert len(fits["points"]) == 6 and len(fits["approach2"]["profiles"]) == 2
+    assert (out / "report.html").read_text().count("data:image/png;base64") == 2
+    finals = sorted(out.glob("points/*/FINAL.json"))
+    assert len(finals) == 6
+    redo = finals[0]
+    before = json.loads(redo.read_text())
+    redo.unlink()
+    run = subprocess.run(cmd, capture_output=True, text=True, timeout=900, env=env)
+    assert run.returncode == 0, run.stderr[-3000:]
+    assert run.stderr.count("finished earlier, skipped") == 5
+    assert json.loads(redo.read_text())["loss"] == pytest.approx(before["loss"])

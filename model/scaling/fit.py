@@ -85,8 +85,9 @@ def _minimise(x0: np.ndarray, args: tuple) -> optimize.OptimizeResult:
 
 def _law(theta: np.ndarray) -> ParametricLaw:
     a, b, e, alpha, beta = (float(v) for v in theta)
-    return ParametricLaw(E=float(np.exp(e)), A=float(np.exp(a)), B=float(np.exp(b)),
-                         alpha=alpha, beta=beta)
+    with np.errstate(over="ignore"):  # a degenerate fit (too few points) may overflow: inf
+        return ParametricLaw(E=float(np.exp(e)), A=float(np.exp(a)), B=float(np.exp(b)),
+                             alpha=alpha, beta=beta)
 
 
 def _batched_lbfgs(starts: np.ndarray, weights: np.ndarray, log_n: np.ndarray,
@@ -181,6 +182,7 @@ def fit_approach3(n: Sequence[float], d: Sequence[float], loss: Sequence[float],
         samples.append({**law.as_dict(), "a": law.compute_exponents()[0]})
     keys = list(samples[0])
     values = {k: np.array([s[k] for s in samples]) for k in keys}
+    values = {k: v[np.isfinite(v)] if np.isfinite(v).sum() > 1 else v for k, v in values.items()}
     return dataclasses.replace(
         fit, stderr={k: float(v.std(ddof=1)) for k, v in values.items()},
         interval={k: (float(np.percentile(v, 2.5)), float(np.percentile(v, 97.5)))
