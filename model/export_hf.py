@@ -97,14 +97,59 @@ def default_vocab() -> str:
     return str(importlib.resources.files("tasks").joinpath("vocab/tapestry_8k.model"))
 
 
+_REGEX_META = set("\\.+*?()|[]{}^$#&-~")
+_REGEX_ESCAPES = {"\n": "\\n", "\t": "\\t", "\r": "\\r", " ": "\\x20"}
+
+
+def _regex_escape(text: str) -> str:
+    return "".join(_REGEX_ESCAPES.get(c, "\\" + c if c in _REGEX_META else c) for c in text)
+
+
+def sentencepiece_tokenizer_json(model_bytes: bytes) -> str:
+    """tokenizer.json (HF `tokenizers`) encoding exactly as our SentencePiece model does.
+
+    The same pipeline as transformers' SpmConverter builds for a Unigram model with the
+    identity normalizer and no dummy prefix (ours): spaces -> U+2581, user-defined
+    symbols (media markers, newline) split off whole, Unigram with byte fallback.
+    """
+    from sentencepiece import sentencepiece_model_pb2
+    from tokenizers import AddedToken, Regex, Tokenizer, decoders, models, normalizers
+    from tokenizers import pre_tokenizers
+
+    proto = sentencepiece_model_pb2.ModelProto()
+    proto.ParseFromString(model_bytes)
+    if (proto.trainer_spec.model_type != 1 or proto.normalizer_spec.add_dummy_prefix
+            or proto.normalizer_spec.name != "identity"):
+        raise ValueError("only Unigram SentencePiece models with the identity normalizer "
+                         "and no dummy prefix are converted (as ours); pass one")
+    vocab = [(p.piece, p.score) for p in proto.pieces]
+    tok = Tokenizer(models.Unigram(vocab, proto.trainer_spec.unk_id,
+                                   byte_fallback=proto.trainer_spec.byte_fallback))
+    tok.normalizer = normalizers.Sequence([normalizers.Replace(" ", "\u2581")])
+    user = sorted((p.piece for p in proto.pieces if p.type == p.USER_DEFINED),
+                  key=len, reverse=True)
+    if user:
+        tok.pre_tokenizer = pre_tokenizers.Sequence([pre_tokenizers.Split(
+            Regex("|".join(_regex_escape(u) for u in user)), behavior="isolated")])
+    tok.decoder = decoders.Sequence([decoders.Replace("\u2581", " "), decoders.ByteFallback(),
+                                     decoders.Fuse()])
+    tok.add_special_tokens([AddedToken(p.piece, special=True, normalized=False)
+                            for p in proto.pieces if p.type == p.CONTROL or p.type == p.UNKNOWN])
+    return tok.to_str()
+
+
 def write_tokenizer(out: str, vocab: str) -> None:
-    """Our SentencePiece model as HF tokenizer files (no BOS/EOS added on encode)."""
-    fs.write_bytes(fs.join(out, "tokenizer.model"), fs.read_bytes(vocab))
+    """Our SentencePiece model as HF tokenizer files: tokenizer.json (exact ids; no BOS or
+    EOS added on encode; prompts start with <pad> = id 0, our start token) and the
+    original tokenizer.model."""
+    model_bytes = fs.read_bytes(vocab)
+    fs.write_bytes(fs.join(out, "tokenizer.model"), model_bytes)
+    fs.write_text(fs.join(out, "tokenizer.json"), sentencepiece_tokenizer_json(model_bytes))
     special = {"bos_token": "<pad>", "eos_token": "</s>", "pad_token": "<pad>",
                "unk_token": "<unk>"}
-    tok_cfg = dict(special, tokenizer_class="LlamaTokenizer", add_bos_token=False,
-                   add_eos_token=False, add_prefix_space=False, legacy=False,
-                   clean_up_tokenization_spaces=False, model_max_length=1 << 30)
+    tok_cfg = dict(special, tokenizer_class="PreTrainedTokenizerFast", add_bos_token=False,
+                   add_eos_token=False, clean_up_tokenization_spaces=False,
+                   model_max_length=1 << 30)
     fs.write_text(fs.join(out, "tokenizer_config.json"), json.dumps(tok_cfg, indent=2))
     fs.write_text(fs.join(out, "special_tokens_map.json"), json.dumps(special, indent=2))
 

@@ -183,3 +183,21 @@ def test_hf_logits_and_greedy_tokens_equal_ours(tmp_path):
         generate = eval_lib.make_generate_fn(DecoderOnlyModel(cfg), params)
         greedy = generate([(row[1:].tolist(), None) for row in TOKENS], 32)
         np.testing.assert_array_equal(hf["generated"], np.array(greedy), err_msg=arch)
+
+
+def test_tokenizer_json_encodes_as_sentencepiece(tmp_path):
+    """The exported tokenizer.json (HF `tokenizers`) gives our SentencePiece ids."""
+    import sentencepiece as spm
+    from tokenizers import Tokenizer
+
+    export_hf.write_tokenizer(str(tmp_path), export_hf.default_vocab())
+    tok = Tokenizer.from_file(str(tmp_path / "tokenizer.json"))
+    sp = spm.SentencePieceProcessor(model_file=str(tmp_path / "tokenizer.model"))
+    texts = ["The following are multiple choice questions (with answers) about anatomy.\n\n"
+             "What is 2 + 2?\nA. 3\nB. 4\nC. 22\nD. None\nAnswer: B\n\n", " A", " D",
+             "  two  spaces\ttab 1234567.89", "Ünïcödé 数字 <image><begin_audio>x"]
+    for text in texts:
+        assert tok.encode(text, add_special_tokens=False).ids == sp.encode(text), text
+        assert tok.decode(sp.encode(text)) == text
+    config = json.loads((tmp_path / "tokenizer_config.json").read_text())
+    assert config["bos_token"] == sp.id_to_piece(0) and config["add_bos_token"] is False
