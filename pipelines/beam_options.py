@@ -7,7 +7,7 @@
 Flags a job does not define itself must be Beam PipelineOptions (any `--runner`,
 DataflowRunner, FlinkRunner, SparkRunner, ... and their usual flags); anything
 else is an error that names the flag and the nearest known one (Beam alone only
-logs and drops it). Without a runner, jobs run on the FnApiRunner (LocalRunner) in
+logs and drops it). Without a runner, jobs run on the FnApiRunner (local_runner.py) in
 `multi_processing` mode with one worker process per core: Beam's own default,
 DirectRunner, first tries the Prism runner, which downloads a binary at run time;
 naming FnApiRunner keeps local runs offline and deterministic. Beam's INFO and
@@ -20,33 +20,14 @@ import argparse
 import difflib
 import logging
 import os
-import shlex
-import sys
 from typing import Sequence
 
 from apache_beam.options.pipeline_options import (DirectOptions, PipelineOptions, StandardOptions, WorkerOptions,
                                                   _BeamArgumentParser)
-from apache_beam.runners.portability.fn_api_runner import FnApiRunner
-from apache_beam.transforms.environments import SubprocessSDKEnvironment
 
-LOCAL_RUNNER = "pipelines.beam_options.LocalRunner"
+LOCAL_RUNNER = "pipelines.local_runner.LocalRunner"  # its own module: workers never import the runner
 LOCAL_RUNNERS = (LOCAL_RUNNER, "apache_beam.runners.portability.fn_api_runner.FnApiRunner", "FnApiRunner")
 VERBOSE_ENV = "TAPESTRY_BEAM_VERBOSE"  # read by the worker processes (pipelines/beam_worker.py)
-
-
-class LocalRunner(FnApiRunner):
-    """The FnApiRunner, whose worker processes (multi_processing) run pipelines/beam_worker.py:
-    Beam's own SDK harness, logging only warnings unless --verbose."""
-
-    def run_pipeline(self, pipeline, options):
-        direct = options.view_as(DirectOptions)
-        if direct.direct_running_mode == "multi_processing":
-            # The workers import this package from wherever the launcher did (not only from its cwd).
-            root = shlex.quote(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-            self._default_environment = SubprocessSDKEnvironment.from_command_string(
-                f"PYTHONPATH={root}${{PYTHONPATH:+:$PYTHONPATH}} {shlex.quote(sys.executable)} -m pipelines.beam_worker")
-            direct.direct_running_mode = "in_memory"  # FnApiRunner keeps the environment set above
-        return super().run_pipeline(pipeline, options)
 
 
 class HelpFormatter(argparse.RawDescriptionHelpFormatter, argparse.ArgumentDefaultsHelpFormatter):

@@ -1,4 +1,4 @@
-"""Worker process of the local runner (beam_options.LocalRunner): Beam's SDK harness, quiet.
+"""Worker process of the local runner (local_runner.LocalRunner): Beam's SDK harness, quiet.
 
 Beam's harness logs INFO lines per worker start, channel and bundle to stderr (and
 its import warns about optional GCP clients); a job's one result line drowned in

@@ -50,8 +50,6 @@ import apache_beam as beam
 from apache_beam.io.filesystems import FileSystems
 
 from pipelines import beam_options, job_summary, seqio_cache, special_tokens, text_io, vocab
-from pipelines.curation import curate
-from pipelines.curation import transforms as curation_transforms
 
 DEFAULT_VOCAB = vocab.DEFAULT_VOCAB  # the copy inside the installed package (pipelines/vocab.py)
 
@@ -180,6 +178,9 @@ def make_parser():
     parser.add_argument("--curate", action="store_true",
                         help="curate first (pipelines/curation: language, Gopher quality/repetition, decontamination, "
                              "dedup) into <cache_dir>/<task>/curated.<split>/ and tokenize what it keeps")
+    # Imported here, not at module level: every worker imports this module for its DoFns.
+    from pipelines.curation import transforms as curation_transforms  # pylint: disable=g-import-not-at-top
+
     curation_transforms.add_flags(parser)
     return parser
 
@@ -193,6 +194,8 @@ def main(argv: Sequence[str] | None = None) -> dict:
             raise ValueError(f"--num_shards must be >= 1, got {args.num_shards}")
         text_io.resolve_patterns(args.input)
         vocab.check(args.vocab)
+        from pipelines.curation import curate, transforms as curation_transforms  # pylint: disable=g-import-not-at-top
+
         cfg = curation_transforms.config_from_flags(args)
     except (ValueError, FileNotFoundError) as e:
         parser.error(str(e))
