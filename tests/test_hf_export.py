@@ -165,6 +165,9 @@ def test_checkpoint_to_hf_to_checkpoint(tmp_path):
     assert back_cfg == dataclasses.replace(cfg, attention_backend="xla", max_len=64)
 
 
+GREEDY = ("llama", "mixtral")  # greedy decoding checked on one dense and one MoE model
+
+
 @pytest.mark.skipif(not hf_reference.available(), reason=hf_reference.SKIP_REASON)
 def test_hf_logits_and_greedy_tokens_equal_ours(tmp_path):
     jobs, ours = [], {}
@@ -173,13 +176,16 @@ def test_hf_logits_and_greedy_tokens_equal_ours(tmp_path):
         export_hf.export(params, cfg, str(tmp_path / arch))
         ours[arch] = (our_logits(cfg, params), params)
         jobs.append({"logits": str(tmp_path / arch), "tokens": TOKENS.tolist(),
-                     "out": str(tmp_path / f"{arch}.npz"), "generate": 32})
+                     "out": str(tmp_path / f"{arch}.npz"),
+                     "generate": 32 if arch in GREEDY else 0})
     hf_reference.run_jobs(jobs, str(tmp_path))
     from model import eval as eval_lib
     for arch, cfg in CONFIGS.items():
         hf = np.load(tmp_path / f"{arch}.npz")
         logits, params = ours[arch]
         np.testing.assert_allclose(hf["logits"], logits, atol=1e-4, rtol=0, err_msg=arch)
+        if arch not in GREEDY:
+            continue
         generate = eval_lib.make_generate_fn(DecoderOnlyModel(cfg), params)
         greedy = generate([(row[1:].tolist(), None) for row in TOKENS], 32)
         np.testing.assert_array_equal(hf["generated"], np.array(greedy), err_msg=arch)
