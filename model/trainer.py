@@ -28,6 +28,7 @@ import numpy as np
 import optax
 
 from model.partitioning import BATCH_AXES, Partitioner
+from model.transformer import SCAN_NAME
 
 Batch = dict[str, Any]
 Metrics = dict[str, jax.Array]
@@ -58,8 +59,12 @@ def constant_schedule(value: float = 1e-4, warmup_steps: int = 0) -> optax.Sched
 
 
 def _decay_mask(params: Any) -> Any:
-    """Weight decay on matrices only (not norms' scales or biases)."""
-    return jax.tree.map(lambda p: p.ndim >= 2, params)
+    """Weight decay on matrices only (not norms' scales or biases); the leading layers
+    axis of a scanned stack (scan_layers: params under 'layers') does not count."""
+    def is_matrix(path, p):
+        stacked = any(getattr(k, "key", None) == SCAN_NAME for k in path)
+        return p.ndim - stacked >= 2
+    return jax.tree_util.tree_map_with_path(is_matrix, params)
 
 
 @gin.configurable
