@@ -22,6 +22,8 @@ def main() -> None:
     handler.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s"))
     if os.environ.get("TAPESTRY_BEAM_VERBOSE") != "1":
         handler.addFilter(_WarningsOnly())
+        # Also kept from the runner's log channel: a warning about an unused Dataflow feature per worker.
+        logging.getLogger("apache_beam.runners.worker.sdk_worker_main").setLevel(logging.ERROR)
     logging.getLogger().addHandler(handler)
     from apache_beam.runners.worker import sdk_worker_main  # pylint: disable=g-import-not-at-top
 

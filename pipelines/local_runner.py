@@ -5,6 +5,7 @@ own SDK harness, logging only warnings unless --verbose) and find this package
 wherever the launcher did. Named by beam_options.LOCAL_RUNNER as a dotted path, so
 only the launcher imports it (the workers import the job modules, not the runner).
 """
+import logging
 import os
 import shlex
 import sys
@@ -12,6 +13,16 @@ import sys
 from apache_beam.options.pipeline_options import DirectOptions
 from apache_beam.runners.portability.fn_api_runner import FnApiRunner
 from apache_beam.transforms.environments import SubprocessSDKEnvironment
+
+
+class _NoModeWarning(logging.Filter):
+    """FnApiRunner warns that "in_memory" mode ignores direct_num_workers; ours does not (see run_pipeline)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not str(record.msg).startswith("If direct_num_workers is not equal to 1")
+
+
+logging.getLogger("apache_beam.runners.portability.fn_api_runner.fn_runner").addFilter(_NoModeWarning())
 
 
 class LocalRunner(FnApiRunner):
