@@ -63,8 +63,8 @@ class MinHasher:
     def shingles(self, text: str) -> np.ndarray:
         """uint64 [N] hashes of the distinct word n-grams (N = 0 for fewer than n words)."""
         w, n = shingle_words(text), self.cfg.n_grams
-        grams = {" ".join(w[i:i + n]) for i in range(len(w) - n + 1)}
-        return np.fromiter((xxhash.xxh64_intdigest(g.encode("utf-8")) for g in grams), dtype=np.uint64, count=len(grams))
+        grams = set(map(" ".join, zip(*(w[i:] for i in range(n)))))
+        return np.fromiter(map(xxhash.xxh64_intdigest, map(str.encode, grams)), dtype=np.uint64, count=len(grams))
 
     def signature(self, text: str) -> np.ndarray | None:
         """uint64 [bands * rows], or None when the text has fewer than n_grams words."""
@@ -76,9 +76,15 @@ class MinHasher:
         sig = np.full(self._a.shape[1], np.iinfo(np.uint64).max, dtype=np.uint64)
         with np.errstate(over="ignore"):
             for chunk in range(0, len(sh), 4096):  # bounded memory: [chunk, bands * rows]
-                phv = (sh[chunk:chunk + 4096, None] * self._a + self._b) % MERSENNE_PRIME
-                np.minimum(sig, phv.min(axis=0), out=sig)
+                np.minimum(sig, _mod_mersenne(sh[chunk:chunk + 4096, None] * self._a + self._b).min(axis=0), out=sig)
         return sig
+
+
+def _mod_mersenne(x: np.ndarray) -> np.ndarray:
+    """x % (2^61 - 1) for uint64 x, with shifts and masks instead of a division (same values)."""
+    r = (x & MERSENNE_PRIME) + (x >> np.uint64(61))
+    r -= MERSENNE_PRIME * (r >= MERSENNE_PRIME)
+    return r
 
 
 def band_keys(sig: np.ndarray, rows: int) -> list[bytes]:

@@ -104,8 +104,8 @@ def repetition_signals(text: str, words: Sequence[str] | None = None,
     s = {"dup_para_frac": para_dups / len(paragraphs), "dup_para_char_frac": para_chars / n_chars,
          "dup_line_frac": line_dups / len(lines), "dup_line_char_frac": line_chars / n_chars}
     words = words_lib.split_words(text) if words is None else words
-    vocab: dict[str, int] = {}
-    ids = np.array([vocab.setdefault(w, len(vocab) + 1) for w in words], dtype=np.uint64)
+    vocab = {w: i for i, w in enumerate(dict.fromkeys(words), start=1)}
+    ids = np.array(list(map(vocab.__getitem__, words)), dtype=np.uint64)
     lens = np.array(list(map(len, words)), dtype=np.int64)
     csum = np.concatenate([[0], np.cumsum(lens)])
     sizes = sorted({n for n, _ in cfg.top_n_grams} | {n for n, _ in cfg.dup_n_grams})

@@ -5,7 +5,8 @@
 `summary` is curate.py's summary.json (documents in / kept / dropped by rule);
 `histograms` is `HistogramFn`'s output: for every signal, counts over the fixed bins
 of `SIGNAL_BINS` (values outside are clipped into the end bins), combined across
-workers without holding any per-document value. The markdown holds the rule table
+workers without holding any per-document value. A stage's signals are those of
+the documents that reached it (the first failing rule drops a document). The markdown holds the rule table
 and the histograms as text; the HTML holds the same table, a bar chart of documents
 removed per rule and one histogram per signal (inline SVG, no script, no network).
 """
