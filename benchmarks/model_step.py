@@ -6,9 +6,13 @@
 
 1. Train step (value_and_grad + AdamW(0.9, 0.95, wd 0.1) + clip 1.0, donated state,
    jitted) on the MaxText-shape presets, global batch 8 x 512, f32: tokens/s, step
-   time, MoE/dense ratio, against MaxText 0.2.5 on this machine type (dense 2,500,
-   MoE 2,235, dropless 1,100 tokens/s). Timed as the median of --steps steps, dense and
-   MoE steps interleaved so that drift in the machine's load affects both alike.
+   time, MoE/dense ratio, against MaxText 0.2.5's own trainer on the same shapes,
+   measured in the same invocation (benchmarks/maxtext_peer.py: a child process in the
+   venv that `bash benchmarks/maxtext_env.sh` builds; --maxtext=skip leaves it out).
+   Ours is the median of --steps steps, dense and MoE steps interleaved so that drift
+   in the machine's load affects both alike; MaxText runs between the two halves of
+   our steps for the same reason. (Before issue 11 the MaxText figures were constants
+   from issue 4: dense 2,500, MoE 2,235, dropless 1,100 tokens/s on a quiet machine.)
 2. Peak memory of one training step (forward + backward) of the maxtext_dense
    shapes in long-context mode (blockwise attention with 512 blocks, per-layer
    remat, output layer + loss in 2048-token chunks) at 4k, 16k and 64k tokens
@@ -53,12 +57,11 @@ import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 import optax  # noqa: E402
 
+from benchmarks import maxtext_peer  # noqa: E402
 from model import host_malloc  # noqa: E402
 from model.config import model_config  # noqa: E402
 from model.models import DecoderOnlyModel  # noqa: E402
 
-MAXTEXT_TOKENS_PER_S = {"maxtext_dense": 2500.0, "maxtext_moe": 2235.0,
-                        "maxtext_moe_dropless": 1100.0}
 
 
 def text_batch(batch: int, length: int, vocab: int, seed: int = 0) -> dict[str, np.ndarray]:
@@ -127,6 +130,27 @@ def matmul_flops_per_s(n: int = 4096, reps: int = 5, dtype=jnp.float32
     return 2 * n ** 3 / statistics.median(times), 2 * n ** 3 / statistics.median(cpu)
 
 
+def run_maxtext(args, labels: list[str]) -> dict[str, dict]:
+    """MaxText 0.2.5's trainer on the same shapes, one child process per label."""
+    if args.maxtext == "skip":
+        return {}
+    if maxtext_peer.python_path() is None:
+        raise SystemExit("MaxText 0.2.5 venv not found: run `bash benchmarks/maxtext_env.sh` "
+                         "once (or pass --maxtext=skip to time our step alone)")
+    if args.dtype != "float32":
+        print("[step] MaxText peer runs f32 (the issue-4 shapes); skipped for --dtype "
+              f"{args.dtype}", flush=True)
+        return {}
+    out = {}
+    for label in labels:
+        res = maxtext_peer.run(label, steps=args.steps, batch=args.batch, length=args.length)
+        print(f"[step] MaxText 0.2.5 {label:22s} {res['step_s']:.3f} s/step (best "
+              f"{res['best_step_s']:.3f})  {res['tokens_per_s']:7.0f} tok/s; load average "
+              f"{os.getloadavg()[0]:.1f}", flush=True)
+        out[label] = res
+    return out
+
+
 def part_step(args) -> dict:
     """Steps of the presets are interleaved (dense, MoE, dense, MoE, ...), so drift in
     what else the machine is doing affects them alike; each is the median of --steps."""
@@ -142,22 +166,31 @@ def part_step(args) -> dict:
             DecoderOnlyModel(model_config(preset, {**over, "dtype": args.dtype})), batch)
     times = {label: ([], []) for label in steppers}
 
-    def time_steps(labels):
-        for _ in range(args.steps):
+    def time_steps(labels, steps):
+        for _ in range(steps):
             for label in labels:
                 wall, cpu = steppers[label][0]()
                 times[label][0].append(wall)
                 times[label][1].append(cpu)
 
-    time_steps(["maxtext_dense", "maxtext_moe"])  # interleaved pairs
-    time_steps([label for label in steppers if label.endswith("dropless")])  # after them
+    first, second = (args.steps + 1) // 2, args.steps // 2
+    pairs_labels = ["maxtext_dense", "maxtext_moe"]
+    dropless = [label for label in steppers if label.endswith("dropless")]
+    time_steps(pairs_labels, first)  # interleaved pairs
+    time_steps(dropless, first)
+    peer = run_maxtext(args, list(steppers))  # between the halves: load drift hits both
+    time_steps(pairs_labels, second)
+    time_steps(dropless, second)
     for label, (_, summary) in steppers.items():
         res = summary(*times[label])
-        res["vs_maxtext"] = res["tokens_per_s"] / MAXTEXT_TOKENS_PER_S[label]
+        mt = peer.get(label)
+        res["maxtext"] = mt
+        res["vs_maxtext"] = res["tokens_per_s"] / mt["tokens_per_s"] if mt else None
         out[label] = res
+        vs = (f"= {res['vs_maxtext']:.2f}x MaxText ({mt['tokens_per_s']:.0f} tok/s, "
+              f"{mt['step_s']:.3f} s/step)" if mt else "(MaxText not run)")
         print(f"[step] {label:22s} {res['step_s']:.3f} s/step (best {res['best_step_s']:.3f})"
-              f"  {res['tokens_per_s']:7.0f} tok/s  = {res['vs_maxtext']:.2f}x MaxText "
-              f"({MAXTEXT_TOKENS_PER_S[label]:.0f})  compile {res['compile_s']:.1f}s; "
+              f"  {res['tokens_per_s']:7.0f} tok/s  {vs}  compile {res['compile_s']:.1f}s; "
               f"CPU time {res['cpu_s_per_step']:.2f} s/step -> "
               f"{res['tokens_per_s_from_cpu_time']:.0f} tok/s if the cores were ours", flush=True)
     ratio = out["maxtext_moe"]["step_s"] / out["maxtext_dense"]["step_s"]
@@ -240,6 +273,8 @@ def main(argv=None) -> None:
     p.add_argument("--length", type=int, default=512)
     p.add_argument("--dtype", default="float32")
     p.add_argument("--dropless", action="store_true", help="also time the dropless path")
+    p.add_argument("--maxtext", choices=["run", "skip"], default="run",
+                   help="run MaxText 0.2.5 on the same shapes (benchmarks/maxtext_peer.py)")
     p.add_argument("--memory_lengths", default="4096,16384,65536")
     p.add_argument("--memory_backends", default="blockwise,xla")
     p.add_argument("--json", default="", help="write results here")

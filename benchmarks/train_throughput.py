@@ -9,7 +9,11 @@ train step the trainer runs) on one pre-sharded synthetic batch, timed over `--s
 steps after one compile step. tokens/s counts every position of the batch (as MaxText
 does); MFU = model.flops_per_token(L) x tokens/s / peak, with the peak measured by a
 2048^3 float32 matmul on the same device (`model.train.measure_peak_flops`).
-MaxText 0.2.5 on this CPU, same shapes (8 x 512): dense ~2,500, MoE ~2,235 tokens/s.
+For the MaxText-shape presets, MaxText 0.2.5's own trainer runs the same shapes right
+after ours, in the same invocation (benchmarks/maxtext_peer.py, in the venv that
+`bash benchmarks/maxtext_env.sh` builds; --maxtext=skip leaves it out), and the ratio
+is printed beside ours. (Earlier versions compared with constants from issue 4:
+dense ~2,500, MoE ~2,235 tokens/s on a quiet machine.)
 
 Part 2, trainer overhead: `model.train.train()` (synthetic data through the prefetch
 thread, metrics every 10 steps to JSONL + TensorBoard, NaN checks, async checkpoints
@@ -33,6 +37,7 @@ sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
 import gin  # noqa: E402
 import jax  # noqa: E402
 
+from benchmarks import maxtext_peer  # noqa: E402
 from model import train as train_lib  # noqa: E402
 from model import host_malloc  # noqa: E402
 from model.config import model_config  # noqa: E402
@@ -46,7 +51,6 @@ from model.trainer import Trainer, adamw, warmup_cosine_schedule  # noqa: E402
 # (batch, length) per preset; MaxText's peers ran 8 x 512.
 SHAPES = {"tiny": (8, 256), "small": (8, 512), "maxtext_dense": (8, 512),
           "maxtext_moe": (8, 512), "micro": (8, 64)}
-MAXTEXT = {"maxtext_dense": 2500.0, "maxtext_moe": 2235.0}
 TEXT_ONLY = {"image": None, "video": None, "audio": None}
 # 'micro': a milliseconds-per-step model, so the trainer's fixed per-step host cost
 # (data, device_put, NaN check, hooks) shows up instead of drowning in compute.
@@ -82,8 +86,18 @@ def bare_step(preset: str, steps: int, peak: float) -> dict:
     total, active = model.param_counts()
     return {"preset": preset, "batch": batch_size, "length": length, "step_s": dt,
             "tokens_per_s": tokens_per_s, "mfu": flops * tokens_per_s / peak,
-            "flops_per_token": flops, "params_total": total, "params_active": active,
-            "maxtext_tokens_per_s": MAXTEXT.get(preset)}
+            "flops_per_token": flops, "params_total": total, "params_active": active}
+
+
+def maxtext_step(preset: str, steps: int, mode: str) -> float | None:
+    """MaxText 0.2.5's tokens/s on the preset's shapes (None if not a MaxText peer)."""
+    if mode == "skip" or preset not in maxtext_peer.VARIANTS:
+        return None
+    if maxtext_peer.python_path() is None:
+        raise SystemExit("MaxText 0.2.5 venv not found: run `bash benchmarks/maxtext_env.sh` "
+                         "once (or pass --maxtext=skip)")
+    batch_size, length = SHAPES[preset]
+    return maxtext_peer.run(preset, steps=steps, batch=batch_size, length=length)["tokens_per_s"]
 
 
 def trainer_run(preset: str, steps: int, peak: float, model_dir: str) -> dict:
@@ -127,6 +141,8 @@ def main() -> None:
     p.add_argument("--overhead_preset", default="tiny", help="or 'micro' (see MICRO)")
     p.add_argument("--overhead_steps", type=int, default=121)
     p.add_argument("--skip_overhead", action="store_true")
+    p.add_argument("--maxtext", choices=["run", "skip"], default="run",
+                   help="time MaxText 0.2.5 on the maxtext_* presets' shapes")
     p.add_argument("--json", default=None, help="also write the results here")
     args = p.parse_args()
 
@@ -135,14 +151,15 @@ def main() -> None:
           f"measured matmul peak {peak / 1e9:.1f} GFLOP/s")
     results = {"peak_flops": peak, "bare": [], "overhead": None}
     print(f"{'preset':<15}{'B x L':>10}{'step s':>9}{'tokens/s':>10}{'MFU':>8}"
-          f"{'vs MaxText':>12}{'params (total/active)':>25}")
+          f"{'vs MaxText (tok/s)':>20}{'params (total/active)':>25}")
     for preset in [s for s in args.presets.split(",") if s]:
         r = bare_step(preset, args.steps, peak)
+        r["maxtext_tokens_per_s"] = maxtext_step(preset, args.steps, args.maxtext)
         results["bare"].append(r)
-        vs = (f"{r['tokens_per_s'] / r['maxtext_tokens_per_s']:.2f}x"
-              if r["maxtext_tokens_per_s"] else "-")
+        vs = (f"{r['tokens_per_s'] / r['maxtext_tokens_per_s']:.2f}x "
+              f"({r['maxtext_tokens_per_s']:.0f})" if r["maxtext_tokens_per_s"] else "-")
         print(f"{preset:<15}{r['batch']:>4} x {r['length']:<4}{r['step_s']:>9.3f}"
-              f"{r['tokens_per_s']:>10.0f}{r['mfu']:>8.1%}{vs:>12}"
+              f"{r['tokens_per_s']:>10.0f}{r['mfu']:>8.1%}{vs:>20}"
               f"{r['params_total'] / 1e6:>15.2f}M/{r['params_active'] / 1e6:.2f}M", flush=True)
 
     if not args.skip_overhead:
