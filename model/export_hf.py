@@ -12,9 +12,10 @@ layers), and writes to --out:
   model.safetensors, or model-0000i-of-0000n.safetensors + model.safetensors.index.json
                                       (shards of at most --max_shard_mb, written one at a time)
   generation_config.json              start token 0 (our BOS), eos 1, pad 0
-  tokenizer.model, tokenizer_config.json, special_tokens_map.json
+  tokenizer.json, tokenizer.model, tokenizer_config.json, special_tokens_map.json
                                       our SentencePiece model (--vocab; default the packaged
-                                      tasks/vocab/tapestry_8k.model), no added BOS/EOS
+                                      tasks/vocab/tapestry_8k.model): the same ids, with
+                                      <pad> (id 0, our start token) as BOS
 Media encoders are not exported (HF has no place for them): the text decoder alone is,
 and the command says so. Options HF cannot express (parallel_block) are refused with a
 message naming them. No torch or transformers needed.
@@ -114,7 +115,7 @@ def sentencepiece_tokenizer_json(model_bytes: bytes) -> str:
     """
     from sentencepiece import sentencepiece_model_pb2
     from tokenizers import AddedToken, Regex, Tokenizer, decoders, models, normalizers
-    from tokenizers import pre_tokenizers
+    from tokenizers import pre_tokenizers, processors
 
     proto = sentencepiece_model_pb2.ModelProto()
     proto.ParseFromString(model_bytes)
@@ -135,19 +136,23 @@ def sentencepiece_tokenizer_json(model_bytes: bytes) -> str:
                                      decoders.Fuse()])
     tok.add_special_tokens([AddedToken(p.piece, special=True, normalized=False)
                             for p in proto.pieces if p.type == p.CONTROL or p.type == p.UNKNOWN])
+    # Every sequence starts with our start token (id 0), as in training and decoding.
+    start = proto.pieces[0].piece
+    tok.post_processor = processors.TemplateProcessing(
+        single=f"{start} $A", pair=f"{start} $A $B:1", special_tokens=[(start, 0)])
     return tok.to_str()
 
 
 def write_tokenizer(out: str, vocab: str) -> None:
-    """Our SentencePiece model as HF tokenizer files: tokenizer.json (exact ids; no BOS or
-    EOS added on encode; prompts start with <pad> = id 0, our start token) and the
+    """Our SentencePiece model as HF tokenizer files: tokenizer.json (exact ids; with
+    special tokens, encode prepends <pad> = id 0, our start token, as BOS) and the
     original tokenizer.model."""
     model_bytes = fs.read_bytes(vocab)
     fs.write_bytes(fs.join(out, "tokenizer.model"), model_bytes)
     fs.write_text(fs.join(out, "tokenizer.json"), sentencepiece_tokenizer_json(model_bytes))
     special = {"bos_token": "<pad>", "eos_token": "</s>", "pad_token": "<pad>",
                "unk_token": "<unk>"}
-    tok_cfg = dict(special, tokenizer_class="PreTrainedTokenizerFast", add_bos_token=False,
+    tok_cfg = dict(special, tokenizer_class="PreTrainedTokenizerFast", add_bos_token=True,
                    add_eos_token=False, clean_up_tokenization_spaces=False,
                    model_max_length=1 << 30)
     fs.write_text(fs.join(out, "tokenizer_config.json"), json.dumps(tok_cfg, indent=2))

@@ -204,6 +204,7 @@ def test_tokenizer_json_encodes_as_sentencepiece(tmp_path):
              "  two  spaces\ttab 1234567.89", "Ünïcödé 数字 <image><begin_audio>x"]
     for text in texts:
         assert tok.encode(text, add_special_tokens=False).ids == sp.encode(text), text
+        assert tok.encode(text).ids == [0] + sp.encode(text)  # our start token as BOS
         assert tok.decode(sp.encode(text)) == text
     config = json.loads((tmp_path / "tokenizer_config.json").read_text())
-    assert config["bos_token"] == sp.id_to_piece(0) and config["add_bos_token"] is False
+    assert config["bos_token"] == sp.id_to_piece(0) and config["add_bos_token"] is True
