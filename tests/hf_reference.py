@@ -11,8 +11,9 @@ jobs.json is a list; each job is one of
    "max_shard_size": "200KB", "seed": 0}
       a randomly initialised HF model from that config, saved as safetensors (sharded
       when larger than max_shard_size)
-  {"tensors": HF_DIR, "out": NPZ}
-      every tensor of the saved model's state dict, as loaded by transformers
+  {"lm_eval": HF_DIR, "tasks": [...], "include_path": DIR, "num_fewshot": K, "out": JSON}
+      lm-eval's `hf` backend (float32, BOS from the tokenizer) on local task configs ->
+      JSON {task: {"acc": ..., "samples": [{"doc_id", "arguments", "loglikelihoods"}]}}
 Tests call `run_jobs` (below) from our venv, which starts this script once.
 """
 from __future__ import annotations
@@ -84,12 +85,22 @@ def _random(job):
     model.save_pretrained(job["out"], max_shard_size=job.get("max_shard_size", "5GB"))
 
 
-def _tensors(job):
-    import numpy as np
-    import torch
-    from transformers import AutoModelForCausalLM
-    model = AutoModelForCausalLM.from_pretrained(job["tensors"], dtype=torch.float32)
-    np.savez(job["out"], **{k: v.float().numpy() for k, v in model.state_dict().items()})
+def _lm_eval(job):
+    import lm_eval
+    from lm_eval.tasks import TaskManager
+    results = lm_eval.simple_evaluate(
+        model="hf", model_args={"pretrained": job["lm_eval"], "dtype": "float32",
+                                "add_bos_token": True, "device": "cpu"},
+        tasks=job["tasks"], num_fewshot=job["num_fewshot"], batch_size=4, log_samples=True,
+        task_manager=TaskManager(include_path=job["include_path"], include_defaults=False))
+    out = {}
+    for task in job["tasks"]:
+        out[task] = {"acc": results["results"][task]["acc,none"], "samples": [
+            {"doc_id": s["doc_id"], "arguments": [list(a[:2]) for a in s["arguments"]],
+             "loglikelihoods": [float(r[0][0]) for r in s["resps"]]}
+            for s in results["samples"][task]]}
+    with open(job["out"], "w") as f:
+        json.dump(out, f)
 
 
 def main(spec: str) -> None:
@@ -101,7 +112,7 @@ def main(spec: str) -> None:
         elif "random" in job:
             _random(job)
         else:
-            _tensors(job)
+            _lm_eval(job)
 
 
 if __name__ == "__main__":

@@ -5,6 +5,7 @@ our own eval does (tasks/mmlu.py prompts, model/evaluation/scoring.py).
 from __future__ import annotations
 
 import csv
+import json
 import os
 import shutil
 
@@ -15,6 +16,7 @@ from model import eval as eval_lib
 from model.config import TransformerConfig
 from model.evaluation import scoring
 from model.models import DecoderOnlyModel
+from tests import hf_reference
 
 SUBJECTS = ("anatomy", "business_ethics")
 ROWS = 3  # test questions per subject
@@ -81,21 +83,28 @@ def model_and_params():
     return model, params
 
 
-def test_lm_eval_scores_equal_our_eval(data, model_and_params):
+@pytest.fixture(scope="module")
+def adapter_results(data, model_and_params):
+    """lm_eval.simple_evaluate with the `tapestry` model: 5-shot, both subjects."""
     import lm_eval
     from lm_eval.tasks import TaskManager
 
     from model.lm_eval_adapter import TapestryLM
-    from tasks import mmlu
-
     model, params = model_and_params
     lm = TapestryLM(model=model, params=params, batch_size=8)
     results = lm_eval.simple_evaluate(
         model=lm, tasks=[f"tapestry_mmlu_{s}" for s in SUBJECTS], num_fewshot=5,
         task_manager=TaskManager(include_path=str(data / "tasks"), include_defaults=False),
-        log_samples=True,
-        random_seed=0, numpy_random_seed=0, torch_random_seed=0, fewshot_random_seed=0)
+        log_samples=True, random_seed=0, numpy_random_seed=0, torch_random_seed=0,
+        fewshot_random_seed=0)
+    return lm, results
 
+
+def test_lm_eval_scores_equal_our_eval(data, model_and_params, adapter_results):
+    from tasks import mmlu
+
+    model, params = model_and_params
+    lm, results = adapter_results
     sp = lm.sp
     score = scoring.BatchedScorer(eval_lib.make_score_fn(model, params), model.config.max_len,
                                   batch_size=8)
@@ -140,3 +149,28 @@ def test_rolling_and_generation(model_and_params):
     assert isinstance(gen[0], str)
     want = lm.tok_decode(direct[:direct.index(1)] if 1 in direct else direct)
     assert gen[0] == want.split("\n\n")[0]
+
+
+@pytest.mark.skipif(not hf_reference.available(), reason=hf_reference.SKIP_REASON)
+def test_tapestry_model_equals_hf_backend_on_the_export(data, model_and_params,
+                                                        adapter_results, tmp_path):
+    """lm-eval's own `hf` backend on the exported model (side venv, torch CPU) gives the
+    same prompts, per-choice log-likelihoods (1e-3) and accuracy as the `tapestry` model."""
+    from model import export_hf
+    model, params = model_and_params
+    _, ours = adapter_results
+    export_hf.export(params, model.config, str(tmp_path / "hf"))
+    tasks = [f"tapestry_mmlu_{s}" for s in SUBJECTS]
+    hf_reference.run_jobs([{"lm_eval": str(tmp_path / "hf"), "tasks": tasks,
+                            "include_path": str(data / "tasks"), "num_fewshot": 5,
+                            "out": str(tmp_path / "hf.json")}], str(tmp_path), timeout=900)
+    theirs = json.loads((tmp_path / "hf.json").read_text())
+    for task in tasks:
+        mine = sorted(ours["samples"][task], key=lambda s: s["doc_id"])
+        hf = sorted(theirs[task]["samples"], key=lambda s: s["doc_id"])
+        assert len(mine) == len(hf) == ROWS
+        for a, b in zip(mine, hf):
+            assert [list(x[:2]) for x in a["arguments"]] == b["arguments"]
+            np.testing.assert_allclose([r[0][0] for r in a["resps"]], b["loglikelihoods"],
+                                       atol=1e-3, rtol=0)
+        assert theirs[task]["acc"] == ours["results"][task]["acc,none"]
