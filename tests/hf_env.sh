@@ -2,7 +2,7 @@
 # Builds the side environment the HF interop tests compare against: torch (CPU),
 # HF transformers and lm-eval's `hf` backend, none of which Tapestry itself needs.
 #
-#   bash tests/hf_env.sh                 # once (~3 min on 2 cores); idempotent
+#   bash tests/hf_env.sh                 # once (minutes: torch is ~700 MB); idempotent
 #   TAPESTRY_HF_VENV=/some/dir bash tests/hf_env.sh
 #
 # It lives outside the checkout ($TAPESTRY_HF_VENV, default ~/.cache/tapestry/hf-env)
