@@ -231,6 +231,7 @@ def export_checkpoint(checkpoint: str, cfg: TransformerConfig, out: str,
     """`export` of the params saved at `checkpoint` (a MODEL_DIR, its checkpoints/ dir or
     a step dir; latest step unless `step`)."""
     from model.checkpointing import restore_params
+    hf_mapping.choose_architecture(cfg)  # refuse before reading any weights
     params, step = restore_params(checkpoint, step)
     summary = export(params, cfg, out, **kwargs)
     summary["step"] = step
@@ -247,8 +248,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--vocab", default=None, help="SentencePiece model (default: ours)")
     parser.add_argument("--max_shard_mb", type=float, default=2000)
     args, rest = parser.parse_known_args(argv)
-    from model import gin_flags
-    from model.models import DecoderOnlyModel
+    from model import checkpointing, gin_flags  # noqa: F401  - gin configurables
+    from model.models import DecoderOnlyModel  # registered with gin before parsing
     try:
         gin_flags.parse_gin_flags(rest, "Export a Tapestry checkpoint to HF transformers.")
         cfg = DecoderOnlyModel().config
