@@ -35,7 +35,6 @@ from typing import Iterable, Iterator, Mapping
 
 import numpy as np
 import xxhash
-from apache_beam.io.filesystems import FileSystems
 
 from pipelines import text_io
 from pipelines.curation import words as words_lib

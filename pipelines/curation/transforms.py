@@ -200,25 +200,25 @@ def config_from_flags(args) -> CurationConfig:
 
 def add_flags(parser) -> None:
     """The curation flags (shared by the curation job and `--curate` on the text and corpus jobs)."""
-    p, b = "", {"action": argparse.BooleanOptionalAction}
-    parser.add_argument(f"--{p}languages", default="en",
+    b = {"action": argparse.BooleanOptionalAction}
+    parser.add_argument("--languages", default="en",
                         help="comma-separated languages to keep (py3langid codes); empty: no language filter")
-    parser.add_argument(f"--{p}min_language_probability", type=float, default=0.0,
+    parser.add_argument("--min_language_probability", type=float, default=0.0,
                         help="drop documents whose language probability is lower")
-    parser.add_argument(f"--{p}quality", default=True, help="Gopher quality filter", **b)
-    parser.add_argument(f"--{p}min_words", type=int, default=50, help="Gopher quality: fewest words")
-    parser.add_argument(f"--{p}max_words", type=int, default=100_000, help="Gopher quality: most words")
-    parser.add_argument(f"--{p}repetition", default=True, help="Gopher repetition filter", **b)
-    parser.add_argument(f"--{p}eval_set", action="append",
+    parser.add_argument("--quality", default=True, help="Gopher quality filter", **b)
+    parser.add_argument("--min_words", type=int, default=50, help="Gopher quality: fewest words")
+    parser.add_argument("--max_words", type=int, default=100_000, help="Gopher quality: most words")
+    parser.add_argument("--repetition", default=True, help="Gopher repetition filter", **b)
+    parser.add_argument("--eval_set", action="append",
                         help="evaluation set to decontaminate against, [name=]kind:path with kind in "
                              f"{decontaminate_lib.EVAL_KINDS}; repeatable (e.g. mmlu:../shared/data/mmlu)")
-    parser.add_argument(f"--{p}decontamination", choices=("drop", "cut"), default="drop",
+    parser.add_argument("--decontamination", choices=("drop", "cut"), default="drop",
                         help="drop a contaminated document, or cut the matching spans out of it")
-    parser.add_argument(f"--{p}exact_dedup", default=True, help="drop exact duplicates (normalised text)", **b)
-    parser.add_argument(f"--{p}near_dedup", default=True, help="drop MinHash-LSH near duplicates", **b)
-    parser.add_argument(f"--{p}minhash_ngrams", type=int, default=5, help="MinHash shingle size in words")
-    parser.add_argument(f"--{p}minhash_bands", type=int, default=14, help="LSH bands")
-    parser.add_argument(f"--{p}minhash_rows", type=int, default=8, help="hashes per LSH band")
-    parser.add_argument(f"--{p}minhash_seed", type=int, default=1, help="seed of the MinHash permutations")
-    parser.add_argument(f"--{p}cc_rounds", type=int, default=dedup.DEFAULT_ROUNDS,
+    parser.add_argument("--exact_dedup", default=True, help="drop exact duplicates (normalised text)", **b)
+    parser.add_argument("--near_dedup", default=True, help="drop MinHash-LSH near duplicates", **b)
+    parser.add_argument("--minhash_ngrams", type=int, default=5, help="MinHash shingle size in words")
+    parser.add_argument("--minhash_bands", type=int, default=14, help="LSH bands")
+    parser.add_argument("--minhash_rows", type=int, default=8, help="hashes per LSH band")
+    parser.add_argument("--minhash_seed", type=int, default=1, help="seed of the MinHash permutations")
+    parser.add_argument("--cc_rounds", type=int, default=dedup.DEFAULT_ROUNDS,
                         help="large-star/small-star rounds of the connected components")
