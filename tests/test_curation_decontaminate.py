@@ -67,3 +67,19 @@ def test_eval_set_specs_are_checked():
     assert dc.parse_eval_set("heldout=text:gs://b/x/*.jsonl") == ("heldout", "text", "gs://b/x/*.jsonl")
     with pytest.raises(ValueError, match="kind one of"):
         dc.parse_eval_set("nope:/x")
+
+
+def test_score_document_cuts_or_drops_by_mode():
+    from pipelines.curation import transforms
+
+    held = synthetic.good_document(random.Random(5)).split("\n\n")[2]
+    index = dc.NgramIndex.build({"heldout": [held]})
+    doc = {"id": "d", "text": synthetic.good_document(random.Random(6)) + "\n\n" + held}
+    cfg = transforms.CurationConfig(langid=None, quality=None, repetition=None, eval_sets=("text:x",),
+                                    decontamination_mode="cut")
+    kept, rejected, signals = transforms.score_document(doc, cfg, None, index)
+    assert rejected is None and held not in kept["text"] and kept["text"].startswith(doc["text"][:200])
+    assert signals["decontamination_cut_ngrams"] == len(held.split()) - 12
+    drop = transforms.CurationConfig(langid=None, quality=None, repetition=None, eval_sets=("text:x",))
+    kept, rejected, _ = transforms.score_document(doc, drop, None, index)
+    assert kept is None and rejected["reason"] == "contaminated_heldout" and rejected["stage"] == "decontamination"

@@ -16,7 +16,7 @@ Steps (each a named transform; per-document logic is `score_document`, plain Pyt
 A reject is `{"id", "stage", "reason", "value", "detail"}`: the rule that dropped the
 document (DataTrove's reason names for the Gopher rules), the value it had, and for
 duplicates the id of the document kept in its place. Beam counters
-`curation:{documents_in, kept, dropped_<reason>}`.
+`curation:{documents_in, kept, dropped_<reason>, decontaminated_by_cut}`.
 """
 
 from __future__ import annotations
@@ -111,6 +111,8 @@ class _Score(beam.DoFn):
             self._count(f"dropped_{rej['reason']}")
             yield beam.pvalue.TaggedOutput("rejects", rej)
         else:
+            if "decontamination_cut_ngrams" in signals:
+                self._count("decontaminated_by_cut")  # kept, with the matching spans cut out
             yield kept
 
 
