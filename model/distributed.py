@@ -9,7 +9,7 @@ decision that depends on host-local facts goes through one of these:
     barrier('quarantine')                              # all hosts wait here
 
 Each is a tiny all-gather of host numpy data over all devices
-(`jax.experimental.multihost_utils`: a few ms on CPU/gloo); with one process they
+(`jax.experimental.multihost_utils`); with one process they
 return at once without touching devices. Decisions that depend only on replicated
 values (a step's loss for the NaN stop, the step number for eval and save cadence)
 agree by construction and need none of this. Preemption uses JAX's own protocol
