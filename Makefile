@@ -19,7 +19,7 @@ $(VENV)/.installed: requirements.txt requirements.lock
 venv: $(VENV)/.installed
 
 test: venv
-	XLA_FLAGS=--xla_force_host_platform_device_count=8 $(PY) -m pytest -q tests
+	XLA_FLAGS=--xla_force_host_platform_device_count=8 $(PY) -m pytest -q tests -n 2 --dist loadfile
 
 # The package Beam workers and training hosts install (--extra_package, or a container):
 # every subpackage, tasks/vocab and the gin files (README, "Workers need nothing from the launcher").
