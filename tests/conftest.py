@@ -17,3 +17,21 @@ def data_dir() -> pathlib.Path:
     if not DATA_DIR.is_dir():
       pytest.skip(f"real data not found at {DATA_DIR}; set TAPESTRY_DATA_DIR to run this test")
     return DATA_DIR
+
+
+@pytest.fixture(autouse=True)
+def _fresh_process_globals():
+    """Tests share worker processes (xdist): undo the process-wide state one test may leave
+    for the next: SeqIO's global cache dirs and each task's resolved cache dir, and the
+    'tapestry' logger that the CLIs detach from the root (caplog reads the root)."""
+    import logging
+    import sys
+    seqio = sys.modules.get("seqio")
+    if seqio is not None:
+        seqio.set_global_cache_dirs([])
+        for name in seqio.TaskRegistry.names():
+            task = seqio.TaskRegistry.get(name)
+            if hasattr(task, "_cache_dir"):
+                task._cache_dir = None  # pylint: disable=protected-access
+    logging.getLogger("tapestry").propagate = True
+    yield
