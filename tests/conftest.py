@@ -19,12 +19,11 @@ def data_dir() -> pathlib.Path:
     return DATA_DIR
 
 
-@pytest.fixture(autouse=True)
+@pytest.fixture(autouse=True, scope="module")
 def _fresh_process_globals():
-    """Tests share worker processes (xdist): undo the process-wide state one test may leave
-    for the next: SeqIO's global cache dirs and each task's resolved cache dir, and the
-    'tapestry' logger that the CLIs detach from the root (caplog reads the root)."""
-    import logging
+    """Test files share worker processes (xdist): undo the process-wide state one file may
+    leave for the next (per module, before the module's own fixtures set theirs): SeqIO's
+    global cache dirs and each task's resolved cache dir."""
     import sys
     seqio = sys.modules.get("seqio")
     if seqio is not None:
@@ -33,5 +32,12 @@ def _fresh_process_globals():
             task = seqio.TaskRegistry.get(name)
             if hasattr(task, "_cache_dir"):
                 task._cache_dir = None  # pylint: disable=protected-access
+    yield
+
+
+@pytest.fixture(autouse=True)
+def _tapestry_logs_reach_caplog():
+    """The CLIs detach the 'tapestry' logger from the root; caplog reads the root."""
+    import logging
     logging.getLogger("tapestry").propagate = True
     yield
