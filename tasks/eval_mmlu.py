@@ -18,7 +18,7 @@ from tasks.eval_tokens import _vocab, encode_pair
 
 @gin.configurable(module="eval_inputs")
 def mmlu_inputs(split: str = "test", num_shots: int = 5,
-                data_dir: str | os.PathLike = mmlu_lib.DEFAULT_DATA_DIR,
+                data_dir: str | os.PathLike | None = None,
                 subjects: Sequence[str] | None = None, max_per_subject: int | None = None,
                 vocab_path: str | None = None, via_seqio: bool = False,
                 exact_pairs: bool = False) -> list[dict[str, Any]]:
@@ -32,6 +32,7 @@ def mmlu_inputs(split: str = "test", num_shots: int = 5,
     `exact_pairs=True` runs lm-eval's `encode_pair` for every choice (slow: it encodes
     the whole prompt once per choice); otherwise only for each subject's first question.
     """
+    data_dir = data_dir if data_dir is not None else mmlu_lib.default_data_dir()
     available = mmlu_lib.subjects(data_dir, split)
     if not available:
         raise FileNotFoundError(f"no MMLU {split} files under {data_dir} "

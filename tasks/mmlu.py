@@ -18,13 +18,15 @@ Example record (what the tasks yield before tokenization):
      "targets": " B", "subject": "anatomy", "label": 1, "index": 0,
      "choices": [" A", " B", " C", " D"], "doc": "<json of the CSV row>"}
 
-Task names: `mmlu_{k}shot_{subject}`; mixture `mmlu_{k}shot` over every subject that
-has a `<split>` file (k in NUM_SHOTS_REGISTERED).
+Task names: `mmlu_{k}shot_{subject}` (k in NUM_SHOTS_REGISTERED), each declaring only
+the splits its subject has a file for; mixture `mmlu_{k}shot` over all of them, so
+`get_dataset(split=s)` on the mixture reads the subjects that have split s (SeqIO skips
+the others). The data dir defaults to `$TAPESTRY_DATA_DIR/mmlu`, read when a function is
+called (not at import), so setting TAPESTRY_DATA_DIR later takes effect.
 """
 from __future__ import annotations
 
 import csv
-import functools
 import io
 import json
 import os
@@ -37,7 +39,20 @@ SPLITS = ("dev", "val", "test")
 NUM_SHOTS_REGISTERED = (0, 5)
 _BESIDE_CHECKOUT = os.path.join(
     os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))), "shared", "data")
-DEFAULT_DATA_DIR = fs.join(os.environ.get("TAPESTRY_DATA_DIR", _BESIDE_CHECKOUT), "mmlu")
+# data dir -> the task/mixture names `register` added for it (re-registering another
+# dir replaces them: task names are global).
+_REGISTERED: dict[str, str] = {}
+
+
+def default_data_dir() -> str:
+    """`$TAPESTRY_DATA_DIR/mmlu` (default `../shared/data/mmlu` beside the checkout), read now."""
+    return fs.join(os.environ.get("TAPESTRY_DATA_DIR", _BESIDE_CHECKOUT), "mmlu")
+
+
+def __getattr__(name: str):
+    if name == "DEFAULT_DATA_DIR":  # the old constant, now resolved on each access
+        return default_data_dir()
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def _csv_path(data_dir: str | os.PathLike, split: str, subject: str) -> str:
@@ -105,7 +120,9 @@ def examples(data_dir: str | os.PathLike, split: str, subject: str,
             "label": LETTERS.index(row["answer"]),
             "index": i,
             "choices": [" " + l for l in LETTERS],
-            "doc": json.dumps(row, ensure_ascii=False, sort_keys=True),
+            # The row as lm-eval's CSV task yields it (columns in file order): its
+            # `doc_hash` is computed from this (model/evaluation/lm_eval_schema.py).
+            "doc": json.dumps(row, ensure_ascii=False),
         }
 
 
@@ -113,28 +130,34 @@ def task_name(subject: str, num_shots: int) -> str:
     return f"mmlu_{num_shots}shot_{subject}"
 
 
-@functools.cache
-def register(data_dir: str | os.PathLike = DEFAULT_DATA_DIR, vocab_path: str | None = None,
+def register(data_dir: str | os.PathLike | None = None, vocab_path: str | None = None,
              num_shots: tuple[int, ...] = NUM_SHOTS_REGISTERED) -> tuple[str, ...]:
     """Registers `mmlu_{k}shot_{subject}` tasks and `mmlu_{k}shot` mixtures for the
-    subjects found under `data_dir` (any split); returns the task names. Idempotent."""
+    subjects found under `data_dir` (default `default_data_dir()`); returns the task
+    names. Each task declares the splits its subject has files for, so the mixture
+    skips subjects without the requested split. Idempotent for one data dir; another
+    data dir replaces the tasks it registers (names are global)."""
     import seqio
     import tensorflow as tf
 
     from tasks import vocabulary as vocab_lib
 
+    data_dir = os.fspath(data_dir) if data_dir is not None else default_data_dir()
     vocab = vocab_lib.get_vocabulary(*([vocab_path] if vocab_path else []))
     features = {k: seqio.Feature(vocab, add_eos=False, dtype=tf.int32)
                 for k in ("inputs", "targets")}
-    found = sorted({s for split in SPLITS for s in subjects(data_dir, split)})
+    by_split = {split: set(subjects(data_dir, split)) for split in SPLITS}
+    found = sorted(set().union(*by_split.values()))
+    key = f"{data_dir}|{vocab_path}"
     names = []
     for k in num_shots:
         task_names = []
         for subject in found:
             name = task_name(subject, k)
             task_names.append(name)
-            if name in seqio.TaskRegistry.names():
+            if _REGISTERED.get(name) == key and name in seqio.TaskRegistry.names():
                 continue
+            seqio.TaskRegistry.remove(name)  # a task of another data dir (no-op if none)
 
             def dataset_fn(split: str, shuffle_files: bool, seed: int | None = None,
                            _subject: str = subject, _k: int = k):
@@ -152,12 +175,17 @@ def register(data_dir: str | os.PathLike = DEFAULT_DATA_DIR, vocab_path: str | N
 
             seqio.TaskRegistry.add(
                 name,
-                source=seqio.FunctionDataSource(dataset_fn, splits=SPLITS),
+                source=seqio.FunctionDataSource(
+                    dataset_fn, splits=[sp for sp in SPLITS if subject in by_split[sp]]),
                 preprocessors=[seqio.preprocessors.tokenize],
                 output_features=features,
                 metric_fns=[])
+            _REGISTERED[name] = key
         mixture = f"mmlu_{k}shot"
-        if task_names and mixture not in seqio.MixtureRegistry.names():
+        if task_names and (_REGISTERED.get(mixture) != key
+                           or mixture not in seqio.MixtureRegistry.names()):
+            seqio.MixtureRegistry.remove(mixture)
             seqio.MixtureRegistry.add(mixture, task_names, default_rate=1.0)
+            _REGISTERED[mixture] = key
         names += task_names
     return tuple(names)
