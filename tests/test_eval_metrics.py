@@ -106,9 +106,21 @@ def test_bits_per_byte_hand_formula():
 @pytest.mark.parametrize("text,expected", [
     ("B", 1), ("(c) the dog", 2), ("D. none", 3), ("The answer is (a)", 0),
     ("answer: E", 4), ("a dog", None), ("I don't know", None), ("", None), ("F", None),
+    # The article is not choice A; a lower-case letter after "answer is" is a choice.
+    ("A dog is running", None), ("A cat", None), ("the answer is b", 1), ("Answer:d", 3),
+    ("The answer is a dog", None), ("The answer is A because", 0), ("A. a dog", 0),
+    ("A", 0), ("a", 0), ("b.", 1), ("e) x", 4), ("**C**", 2),
+    ("I think the correct answer is option C.", 2), ("The correct choice is (e)", 4),
 ])
 def test_parse_choice_is_deterministic(text, expected):
     assert video_qa.parse_choice(text, 5) == expected
+
+
+def test_parse_choice_falls_back_to_the_option_text():
+    options = ["a cat sleeps", "a dog is running", "the man", "x", "y"]
+    assert video_qa.parse_choice("A dog is running.", 5, options) == 1  # not letter A
+    assert video_qa.parse_choice("The man", 5, options) == 2
+    assert video_qa.parse_choice("a dog", 5, options) is None  # no option says just that
 
 
 def test_video_qa_scores():

@@ -1,13 +1,16 @@
 """Video QA scoring: multiple choice (NExT-QA style) and open-ended (ActivityNet-QA).
 
-Multiple choice: options are lettered A, B, C, ...; the answer letter is parsed from
-the model output by fixed rules (`parse_choice`), and an output with no parseable
-letter is wrong (never a random guess). Open-ended: exact match after
+Multiple choice: options are lettered A, B, C, ...; the chosen option is parsed from
+the model output by fixed rules (`parse_choice`: a lone letter, a letter after
+"answer is", or an option's exact text), and an output with no parseable choice is
+wrong (never a random guess). Open-ended: exact match after
 `normalize_answer` (lower-case, punctuation and articles dropped, whitespace
 collapsed), reported overall and per question type.
 
 Example:
     parse_choice(" (B) the dog", num_choices=5) == 1
+    parse_choice("the answer is b", num_choices=5) == 1
+    parse_choice("A dog is running", num_choices=5) is None   # the article, not choice A
     parse_choice("I am not sure", num_choices=5) is None
 """
 from __future__ import annotations
@@ -39,27 +42,60 @@ def letter_choices_prompt(question: str, options: list[str]) -> str:
     return "\n".join(lines) + "\nAnswer:"
 
 
-def parse_choice(output: str, num_choices: int, options: list[str] | None = None) -> int | None:
-    """Index of the answer letter in `output`, or None when none can be parsed.
+# "answer is", "answer:", "the correct option is", "choice", ... : a letter may follow.
+_ANSWER_PHRASE = re.compile(
+    r"\b(?:answer|option|choice)s?(?:\s+(?:is|would be|should be|must be|=))?\s*[:\-]?\s*",
+    re.IGNORECASE)
+_ONE_LETTER_WORDS = frozenset("ai")  # "a dog", "I think": words, not choice letters
+_AFTER_LETTER = ".):,;!?"
 
-    Rules, first match wins: (1) the output starts with a parenthesised letter of
-    either case (`"(b) dog"`, the format of pipelines/mm_readers.read_nextqa); (2) it
-    starts with a capital letter, alone or followed by `.`, `)`, `:`, `,` or a space
-    (`"B"`, `"B. dog"`; a lone lower-case "a" is the article, never a choice); (3) "answer is X" /
-    "answer: X"; (4) the output equals one option's text after normalisation.
+
+def _letter_at(text: str, pos: int, valid: str, sentence_start: bool) -> int | None:
+    """The choice letter standing alone at `text[pos:]`, or None.
+
+    A letter stands alone when parenthesised (`(b)`), or followed by the end, by one of
+    `.):,;!?`, or by a space. Before a space, "a"/"i" (either case at a sentence start,
+    lower-case elsewhere) are the English words, not choices: "A dog runs", "a cat".
+    """
+    rest = text[pos:]
+    m = re.match(r"\(([A-Za-z])\)", rest)
+    if m:
+        letter = m.group(1).upper()
+        return valid.index(letter) if letter in valid else None
+    m = re.match(r"([A-Za-z])(?=$|[\s" + re.escape(_AFTER_LETTER) + "])", rest)
+    if not m or m.group(1).upper() not in valid:
+        return None
+    letter = m.group(1)
+    followed_by_word = re.match(r"\s+\w", rest[1:]) is not None
+    if followed_by_word and letter.lower() in _ONE_LETTER_WORDS and (
+            sentence_start or letter.islower()):
+        return None
+    return valid.index(letter.upper())
+
+
+def parse_choice(output: str, num_choices: int, options: list[str] | None = None) -> int | None:
+    """Index of the chosen option in a free-text `output`, or None when none can be parsed.
+
+    Rules, first match wins (letters of either case, `_letter_at` decides when a letter
+    stands alone):
+    (1) the output starts with a lone letter: `"(b) dog"` (pipelines/mm_readers.read_nextqa's
+        format), `"B"`, `"b."`, `"C) dog"`, `"D: none"`; but `"A dog is running"` and
+        `"a cat"` start with the article, not choice A;
+    (2) a letter right after "answer is" / "answer:" / "option" / "choice" anywhere:
+        `"the answer is b"`, `"I think the correct answer is (C)."`;
+    (3) the output equals exactly one option's text after `normalize_answer`
+        (`"A dog is running"` for the option "a dog is running").
+    Surrounding quotes, asterisks and backticks are ignored.
     """
     valid = LETTERS[:num_choices]
-    text = output.strip()
-    m = re.match(rf"^\(([{valid}{valid.lower()}])\)", text)
-    if m:
-        return valid.index(m.group(1).upper())
-    m = re.match(rf"^([{valid}])(?:$|[\s.):,])", text)
-    if m:
-        return valid.index(m.group(1))
-    m = re.search(rf"(?i:answer)\s*(?:(?i:is)|:)\s*(?:\(([{valid}{valid.lower()}])\)|([{valid}])\b)",
-                  text)
-    if m:
-        return valid.index((m.group(1) or m.group(2)).upper())
+    text = output.strip().strip("*_`\"'").strip()
+    idx = _letter_at(text, 0, valid, sentence_start=True)
+    if idx is not None:
+        return idx
+    for m in _ANSWER_PHRASE.finditer(text):
+        idx = _letter_at(text, m.end(), valid, sentence_start=False)
+        if idx is not None:
+            return idx
     if options:
         norm = normalize_answer(text)
         hits = [i for i, o in enumerate(options) if normalize_answer(o) == norm]
