@@ -79,6 +79,20 @@ def flops_per_token(cfg: TransformerConfig, seq_len: int) -> float:
     return 6.0 * matmul + 6.0 * attention
 
 
+def sparse_flops_per_token(cfg: TransformerConfig, seq_len: int, forward_density: float,
+                           backward_density: float, sparse_output: bool = False) -> float:
+    """Training FLOPs per text token under Top-KAST (model/nn/topkast.py): a sparse
+    matrix costs 2·D (forward) + 2·D (input gradient through the same sparse weights)
+    + 2·(D+M) (weight gradient on the backward set B) per parameter instead of 6.
+    Decoder-layer matmuls are sparse; the output projection only with `sparse_output`."""
+    layers = sum(_layer_params(cfg, cfg.is_moe_layer(i))[2] for i in range(cfg.num_layers))
+    output = cfg.vocab_size * cfg.d_model
+    sparse, dense = (layers + output, 0) if sparse_output else (layers, output)
+    per_sparse = 4.0 * forward_density + 2.0 * backward_density
+    attention = cfg.num_layers * 2 * cfg.num_heads * cfg.head_dim * (seq_len / 2)
+    return per_sparse * sparse + 6.0 * dense + 6.0 * attention
+
+
 def describe(cfg: TransformerConfig, seq_len: int | None = None) -> str:
     """One-line summary for gin comments: total/active params and FLOPs/token."""
     total, active = param_counts(cfg)

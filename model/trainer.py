@@ -125,6 +125,9 @@ class Trainer:
         self.num_microbatches = num_microbatches
         self.compute_dtype = jnp.dtype(compute_dtype)
         self.seed = seed
+        # Sparse training (model/nn/topkast.py): an optimizer that also masks the forward
+        # pass and adds its regulariser; its masks live in the optimizer state.
+        self.sparsity = optimizer if hasattr(optimizer, "forward_params") else None
 
     # --------------------------------------------------------------- shardings
     def abstract_state(self, batch: Batch) -> tuple[TrainState, TrainState]:
@@ -216,12 +219,20 @@ class Trainer:
     def train_step(self, state: TrainState, batch: Batch) -> tuple[TrainState, Metrics]:
         """One optimizer step on a global batch. Pure: same inputs, same outputs."""
         rng = jax.random.fold_in(jax.random.key(self.seed), state.step)
-        loss, metrics, grads = self._microbatch_grads(state.params, batch, rng)
+        sparse = self.sparsity
+        fwd_params = (state.params if sparse is None
+                      else sparse.forward_params(state.params, state.opt_state))
+        loss, metrics, grads = self._microbatch_grads(fwd_params, batch, rng)
+        if sparse is not None:  # gradient w.r.t. the masked params, plus the regulariser's
+            grads, sparse_metrics = sparse.add_regulariser(grads, state.params, state.opt_state)
+            metrics = dict(metrics, **sparse_metrics)
         updates, opt_state = self.optimizer.update(grads, state.opt_state, state.params)
         params = optax.apply_updates(state.params, updates)
         metrics = dict(metrics, loss=loss.astype(jnp.float32),
                        grad_norm=optax.global_norm(grads),
                        param_norm=optax.global_norm(params))
+        if sparse is not None:
+            metrics.update(sparse.metrics(opt_state, params))
         if self.schedule is not None:
             metrics["learning_rate"] = jnp.asarray(self.schedule(state.step), jnp.float32)
         return TrainState(step=state.step + 1, params=params, opt_state=opt_state), metrics
