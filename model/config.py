@@ -37,6 +37,10 @@ DISPATCH_MODES = ("capacity", "dropless")
 # 'dots_saveable' saves every matmul output.
 REMAT_POLICIES = ("none", "full", "nothing_saveable", "dots", "dots_saveable")
 DTYPES = ("float32", "bfloat16", "float16")
+# Decoder block layouts (model/nn/gating.py): 'pre_norm' (DecoderBlock), 'trxl_i' (ReLU on
+# each sub-layer's output), 'gtrxl' (TrXL-I with gated residuals), 'post_norm' (baseline).
+BLOCK_TYPES = ("pre_norm", "trxl_i", "gtrxl", "post_norm")
+GATES = ("gru", "input", "output", "highway", "sigmoid_tanh")
 
 
 def _fail(cls: str, field: str, value: Any, fix: str) -> None:
@@ -195,6 +199,9 @@ class TransformerConfig:
     tie_embeddings: bool = False
     scale_embeddings: bool = False  # multiply input embeddings by sqrt(d_model) (Gemma)
     parallel_block: bool = False  # x + attn(norm(x)) + ffn(norm(x)) (PaLM)
+    block_type: str = "pre_norm"  # see BLOCK_TYPES; model/nn/gating.py (GTrXL)
+    gate: str = "gru"  # block_type='gtrxl': the gate replacing each residual sum
+    gate_bias: float = 2.0  # the gate's b_g: large -> each gated block starts as the identity
     z_loss_coef: float = 1e-4
     dtype: str = "float32"  # activations / matmul inputs
     param_dtype: str = "float32"
@@ -224,6 +231,11 @@ class TransformerConfig:
         _check_choice(name, "remat", self.remat, REMAT_POLICIES)
         _check_choice(name, "dtype", self.dtype, DTYPES)
         _check_choice(name, "param_dtype", self.param_dtype, DTYPES)
+        _check_choice(name, "block_type", self.block_type, BLOCK_TYPES)
+        _check_choice(name, "gate", self.gate, GATES)
+        if self.block_type != "pre_norm" and self.parallel_block:
+            _fail(name, "block_type", self.block_type,
+                  "parallel_block=True needs block_type='pre_norm' (or parallel_block=False)")
         if self.loss_chunk < 0:
             _fail(name, "loss_chunk", self.loss_chunk, "must be >= 0 (0 = no chunking)")
         if not self.layer_pattern or set(self.layer_pattern) - {"d", "m"}:

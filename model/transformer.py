@@ -21,6 +21,7 @@ from model.config import TransformerConfig
 from model.encoders import MediaEncoders, merge_media
 from model.layers import DenseGeneral, Embed, RMSNorm, SwiGLU, constrain, rope_tables
 from model.moe import MoE
+from model.nn import gating
 
 MoEMetrics = dict[str, jax.Array]
 
@@ -81,11 +82,13 @@ SCAN_NAME = "layers"  # the scanned stack's module name and its params' logical 
 
 
 def _block_class(cfg: TransformerConfig, mode: str) -> type[nn.Module]:
-    """DecoderBlock, rematerialised per cfg.remat in training / scoring ('full' mode)."""
+    """DecoderBlock (or cfg.block_type's gated block, model/nn/gating.py), rematerialised
+    per cfg.remat in training / scoring ('full' mode)."""
+    block = DecoderBlock if cfg.block_type == "pre_norm" else gating.GatedDecoderBlock
     if cfg.remat == "none" or mode != "full":
-        return DecoderBlock
+        return block
     # Inside nn.scan the loop already keeps XLA from merging recomputation away.
-    return nn.remat(DecoderBlock, policy=REMAT_POLICIES[cfg.remat],
+    return nn.remat(block, policy=REMAT_POLICIES[cfg.remat],
                     prevent_cse=not cfg.scan_layers)
 
 
@@ -97,7 +100,7 @@ def _block(cfg: TransformerConfig, i: int, train: bool, mode: str, cache_len: in
     return _block_class(cfg, mode)(
         cfg.num_heads, cfg.num_kv_heads, cfg.head_dim, cfg.d_ff, cfg.norm_eps,
         cfg.parallel_block, moe, cfg.attention_backend, cfg.block_q, cfg.block_kv,
-        dtype, pdtype, train, mode, cache_len, name=name)
+        dtype, pdtype, train, mode, cache_len, **gating.block_fields(cfg), name=name)
 
 
 class PatternPeriod(nn.Module):

@@ -1,0 +1,80 @@
+"""GTrXL blocks (model/nn/gating.py): gates start as the identity with a large bias; the
+block types build through the decoder and validate their config."""
+from __future__ import annotations
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from model.config import model_config
+from model.layers import rope_tables
+from model.models import DecoderOnlyModel
+from model.nn import gating
+
+D = 32
+
+
+def _block_inputs(b=2, t=8):
+    x = jax.random.normal(jax.random.key(0), (b, t, D))
+    sin, cos = rope_tables(jnp.broadcast_to(jnp.arange(t), (b, t)), 16, 10000.0)
+    return x, sin, cos, jnp.ones((b, t), jnp.int32)
+
+
+@pytest.mark.parametrize("gate", ["gru", "output", "highway", "sigmoid_tanh"])
+def test_gated_block_is_identity_at_init_with_large_bias(gate):
+    block = gating.GatedDecoderBlock(2, 1, 16, 64, 1e-5, gate=gate, gate_bias=30.0)
+    args = _block_inputs()
+    params = jax.jit(block.init)(jax.random.key(1), *args)
+    out, _ = jax.jit(block.apply)(params, *args)
+    np.testing.assert_allclose(out, args[0], atol=1e-6)
+    # With the default b_g = 2 the block is not the identity (the gate is open a little).
+    out2, _ = jax.jit(gating.GatedDecoderBlock(2, 1, 16, 64, 1e-5, gate=gate).apply)(
+        params, *args)
+    assert float(jnp.max(jnp.abs(out2 - args[0]))) > 1e-3
+
+
+def test_gate_formulas():
+    x, y = (jax.random.normal(k, (1, 3, D)) for k in jax.random.split(jax.random.key(2)))
+    for kind in gating.GATES:
+        gate = gating.Gate(kind, bias=2.0)
+        p = nn.meta.unbox(gate.init(jax.random.key(3), x, y))
+        w = {k: v["kernel"] for k, v in p["params"].items()}
+        sig = jax.nn.sigmoid
+        expected = {
+            "gru": lambda: ((1 - (z := sig(y @ w["w_z"] + x @ w["u_z"] - 2.0))) * x
+                            + z * jnp.tanh(y @ w["w_g"]
+                                           + (sig(y @ w["w_r"] + x @ w["u_r"]) * x) @ w["u_g"])),
+            "input": lambda: sig(x @ w["w_g"]) * x + y,
+            "output": lambda: x + sig(x @ w["w_g"] - 2.0) * y,
+            "highway": lambda: (c := sig(x @ w["w_g"] + 2.0)) * x + (1 - c) * y,
+            "sigmoid_tanh": lambda: x + sig(y @ w["w_g"] - 2.0) * jnp.tanh(y @ w["u_g"]),
+        }[kind]()
+        np.testing.assert_allclose(gate.apply(p, x, y), expected, rtol=1e-5, atol=1e-6)
+
+
+def test_decoder_stack_of_gtrxl_blocks_starts_as_identity():
+    cfg = model_config("tiny", dict(d_model=D, num_layers=3, num_heads=2, num_kv_heads=1,
+                                    head_dim=16, d_ff=64, vocab_size=64, max_len=16,
+                                    block_type="gtrxl", gate_bias=30.0, image=None,
+                                    video=None, audio=None))
+    model = DecoderOnlyModel(cfg)
+    tokens = jnp.arange(16, dtype=jnp.int32).reshape(2, 8) + 12
+    batch = {"decoder_input_tokens": tokens, "decoder_target_tokens": tokens}
+    params = model.init(jax.random.key(0), batch)
+    assert "attention_gate" in params["layer_2"] and "ffn_gate" in params["layer_0"]
+    params = nn.meta.unbox(params)
+    hidden, _ = model._hidden(params, batch, train=False)
+    emb = jnp.take(params["embed"]["embedding"], tokens, axis=0)
+    normed = emb * jax.lax.rsqrt(jnp.mean(emb ** 2, -1, keepdims=True) + cfg.norm_eps)
+    np.testing.assert_allclose(hidden, normed, atol=1e-5)
+
+
+def test_block_type_validation_names_the_fix():
+    with pytest.raises(ValueError, match="did you mean 'gtrxl'"):
+        model_config("tiny", {"block_type": "gtrxI"})
+    with pytest.raises(ValueError, match="parallel_block=True needs block_type='pre_norm'"):
+        model_config("tiny", {"block_type": "trxl_i", "parallel_block": True})
+    with pytest.raises(ValueError, match="gate='lstm'"):
+        model_config("tiny", {"gate": "lstm"})
