@@ -6,9 +6,12 @@
 loads a checkpoint (`model.checkpointing.restore_params`; CHECKPOINT_PATH=None
 evaluates the untrained model from `init_seed`), runs each configured suite with
 batched, length-bucketed, jitted scoring, and writes the report directory
-(`model/evaluation/report.py`): results.json, samples_<suite>.jsonl, report.md,
-report.html. Rerunning with the same output dir resumes: finished suites are kept,
-and a suite that was cut short scores only its missing samples.
+(`model/evaluation/report.py`): results.json (ours, and the same results in
+lm-evaluation-harness's schema: `results`/`groups`/`configs`/`versions`/`n-shot`,
+model/evaluation/lm_eval_schema.py), samples_<suite>.jsonl, report.md, report.html.
+Rerunning with the same output dir resumes: finished suites are kept, and a suite that
+was cut short scores only its missing samples. `--limit=N` (or `evaluate.limit`) scores
+only the first N documents of each task, as lm-eval's --limit (N < 1: a fraction).
 
 Sharded and multi-host: parameters are restored (or initialised) straight into the
 shardings the partitioner rules give on the mesh from gin (`Partitioner.mesh_shape`,
@@ -24,6 +27,7 @@ Eval inputs (tokenized prompts, documents) reach the suites through gin bindings
 """
 from __future__ import annotations
 
+import argparse
 import logging
 import sys
 import time
@@ -37,7 +41,7 @@ from model import fs, gin_flags, host_malloc, partitioning
 from model import models  # noqa: F401  - registers DecoderOnlyModel with gin
 from model import train  # noqa: F401  - so experiment gins (train loop included) parse here too
 from model.evaluation import generation  # noqa: F401  - registers GenerationSuite with gin
-from model.evaluation import report, scoring, sharded, suites as suites_lib
+from model.evaluation import lm_eval_schema, report, scoring, sharded, suites as suites_lib
 from model.evaluation import training_curves  # noqa: F401  - registers the curves section
 from model.partitioning import Partitioner
 
@@ -105,7 +109,8 @@ def evaluate(*, model: Any = gin.REQUIRED, suites: Sequence[Any] = gin.REQUIRED,
              detokenizer: Callable[[Sequence[int]], str] | None = None,
              score_fn: scoring.ScoreFn | None = None,
              params: Any = None, partitioner: Partitioner | None = None,
-             rows_per_device: int | None = None) -> dict[str, Any]:
+             rows_per_device: int | None = None,
+             limit: int | float | None = None) -> dict[str, Any]:
     """Runs `suites` and writes the report to `output_dir`; returns results.json's content.
 
     `extra_sections` are callables (output_dir, results) -> [Section] appended to the
@@ -122,8 +127,10 @@ def evaluate(*, model: Any = gin.REQUIRED, suites: Sequence[Any] = gin.REQUIRED,
     that many rows per batch shard, so every device computes the same shapes whatever
     the mesh size: results then equal the one-device run's bit for bit on meshes with
     'model' = 1 (None: one call per batch, fastest). `params` (host arrays) replace the
-    checkpoint and `score_fn` the model scorer (tests).
+    checkpoint and `score_fn` the model scorer (tests). `limit`: lm-eval's --limit, the
+    first `limit` documents of each task (MMLU: of each subject; < 1: that fraction).
     """
+    lm_eval_schema.sample_size(1, limit)  # a bad limit fails before any compute
     coll = sharded.Collective()
     out = fs.path(output_dir)  # local or gs:// / s3:// (model/fs.py)
     if coll.writer:
@@ -162,7 +169,7 @@ def evaluate(*, model: Any = gin.REQUIRED, suites: Sequence[Any] = gin.REQUIRED,
     ctx = suites_lib.Context(scorer=scorer, out_dir=out, progress=progress and coll.writer,
                              choice_scorer=choice_scorer, baseline_scorer=baseline_scorer,
                              generate=generate, detokenize=detokenizer,
-                             writer=coll.writer, agree=coll.agree)
+                             writer=coll.writer, agree=coll.agree, limit=limit)
     results = report.load_results(out)
     mesh = dict(runner.partitioner.mesh_shape) if runner is not None else None
     meta = report.run_metadata(checkpoint_path, ckpt_step, max_length=max_length,
@@ -175,8 +182,14 @@ def evaluate(*, model: Any = gin.REQUIRED, suites: Sequence[Any] = gin.REQUIRED,
             f"{out} holds results of checkpoint step {results['meta']['checkpoint_step']}, "
             f"not {ckpt_step}; use another output dir to evaluate this step")
     results["meta"] = meta
+    run_config = {"model": "tapestry", "model_args": f"checkpoint={checkpoint_path}",
+                  "checkpoint_step": ckpt_step, "batch_size": batch_size, "limit": limit,
+                  "max_length": max_length}
 
     def save() -> None:
+        results.update(lm_eval_schema.merge(
+            [t["lm_eval"] for t in results["tasks"].values() if t.get("lm_eval")], run_config))
+        results["git_hash"], results["date"] = meta["git_commit"], time.time()
         if coll.writer:
             report.save_results(out, results)
 
@@ -200,7 +213,7 @@ def evaluate(*, model: Any = gin.REQUIRED, suites: Sequence[Any] = gin.REQUIRED,
         m = res.metrics
         results["tasks"][res.name] = {
             "n": m.get("n", m.get("overall", {}).get("n")), "n_shot": res.config.get("num_shots", 0),
-            "metrics": m, "config": res.config,
+            "metrics": m, "config": res.config, "lm_eval": res.lm_eval,
             "timing": res.timing if res.timing["new_samples"] else prev.get("timing", res.timing),
             **{k: meta[k] for k in ("date", "checkpoint_step", "git_commit", "versions")},
         }
@@ -229,14 +242,24 @@ def _meta_for_report(meta: dict[str, Any], results: dict[str, Any]) -> dict[str,
 
 def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
+    flags = argparse.ArgumentParser(add_help=False)
+    flags.add_argument("--limit", type=float, default=None,
+                       help="lm-eval's --limit: the first N documents of each task "
+                            "(N < 1: that fraction); same as --gin.evaluate.limit")
+    known, rest = flags.parse_known_args(sys.argv[1:] if argv is None else argv)
+    limit = known.limit
+    if limit is not None and limit >= 1:
+        limit = int(limit)
     try:
-        gin_flags.parse_gin_flags(argv, "Evaluate a Tapestry checkpoint (T5X-style gin flags).")
+        if limit is not None:
+            lm_eval_schema.sample_size(1, limit)
+        gin_flags.parse_gin_flags(rest, "Evaluate a Tapestry checkpoint (T5X-style gin flags).")
     except (ValueError, gin_flags.GinFlagError) as e:
         print(f"gin configuration error: {e}", file=sys.stderr)
         return 2
     # Before gin builds the Partitioner (which lists devices) inside evaluate().
     partitioning.initialize_distributed()
-    evaluate()
+    evaluate(**({"limit": limit} if limit is not None else {}))
     return 0
 
 

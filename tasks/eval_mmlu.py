@@ -68,7 +68,7 @@ def mmlu_inputs(split: str = "test", num_shots: int = 5,
                 "subject": subject, "label": ex["label"], "doc": ex["doc"],
                 "prompt": ex["inputs"], "choices": ex["choices"], "target": ex["targets"],
                 "context_ids": context_ids, "continuation_ids": [p[1] for p in pairs],
-                "num_shots": num_shots,
+                "num_shots": num_shots, "doc_id": ex["index"], "split": split,
             })
     return records
 

@@ -1,4 +1,5 @@
 """The eval harness with a model stub: batching, suites, report files, resume."""
+import hashlib
 import json
 import math
 
@@ -119,9 +120,10 @@ def test_mmlu_suite_with_stub_equals_hand_computation(tmp_path):
     s = {l["sample_id"]: l for l in lines}["anatomy/1"]
     assert s["loglikelihoods"] == pytest.approx([-0.1, -0.2, -0.3, -0.4])
     assert s["prediction"] == 0 and s["acc"] == 0.0
-    assert s["prompt_hash"] == report.sha256_text("P1")
-    assert s["target_hash"] == report.sha256_text(" C")
-    assert s["doc_hash"] == report.sha256_text(json.dumps({"q": 1}))
+    assert s["acc_norm"] == 0.0  # one-character choices: acc_norm = acc
+    assert s["prompt_hash"] == hashlib.sha256(b"P1").hexdigest()
+    assert s["target_hash"] == hashlib.sha256(b" C").hexdigest()  # no CSV answer in this doc
+    assert s["doc_hash"] == hashlib.sha256(b'{\n  "q": 1\n}').hexdigest()
 
 
 def test_mmlu_suite_with_shared_context_scorer_gives_same_results(tmp_path):
@@ -242,8 +244,10 @@ def test_mmlu_report_labels_chance_level_results():
          "categories": {"stem": {"acc": 0.26, "acc_stderr": 0.01, "n": 1000, "num_subjects": 1}},
          "subjects": {"anatomy": {"acc": 0.26, "acc_stderr": 0.01, "n": 1000}}}
     cfg = {"num_shots": 5, "max_length": 256, "truncated_prompts": 0}
-    (sec,) = suites.MMLUSuite(inputs_fn=list)._sections(m, cfg)
+    whole = [{"sample_id": "anatomy/0", "num_prompt_tokens": 200, "truncated": False,
+              "prompt_tokens_cut": 0}]
+    (sec,) = suites.MMLUSuite(inputs_fn=list)._sections(m, cfg, whole)
     assert "within two standard errors of chance" in sec.paragraphs[-1]
     m["overall"]["acc"] = 0.6
-    (sec,) = suites.MMLUSuite(inputs_fn=list)._sections(m, cfg)
-    assert len(sec.paragraphs) == 1
+    (sec,) = suites.MMLUSuite(inputs_fn=list)._sections(m, cfg, whole)
+    assert len(sec.paragraphs) == 2 and "Every prompt was scored whole" in sec.paragraphs[1]

@@ -29,9 +29,9 @@ from typing import Any, Mapping, Sequence
 import gin
 import numpy as np
 
-from model.evaluation import asr, long_context, plots, report, stats, video_qa
+from model.evaluation import asr, lm_eval_schema, long_context, plots, report, stats, video_qa
 from model.evaluation.report import Figure, Section, Table
-from model.evaluation.suites import Context, InputsFn, SuiteResult, _progress, _timing
+from model.evaluation.suites import Context, InputsFn, SuiteResult, _progress, _timing, limited
 
 METRICS = ("wer", "cer", "multiple_choice", "exact_match", "contains", "slots")
 EOS_ID = 1
@@ -81,6 +81,7 @@ class GenerationSuite:
         records = self.inputs_fn()
         if not records:
             raise ValueError(f"{self.name}: inputs_fn returned no records")
+        records, n_samples = limited(records, ctx)
         log = ctx.open_log(self.name, report.fingerprint(
             "generation", self.metric, self.max_new_tokens, self.stop_strings,
             [(r["sample_id"], r["prompt_ids"], r["answer"]) for r in records]))
@@ -99,9 +100,23 @@ class GenerationSuite:
                   "stop_strings": list(self.stop_strings),
                   "slot_vocab": self.slot_vocab or None,
                   "batch_size": self.batch_size, "num_samples": len(records),
-                  "decoding": "greedy"}
+                  "decoding": "greedy", "limit": ctx.limit}
         return SuiteResult(self.name, metrics, config, self._sections(metrics, samples),
-                           _timing(start, len(todo), len(todo)))
+                           _timing(start, len(todo), len(todo)),
+                           self._lm_eval(metrics, config, n_samples[""]))
+
+    def _lm_eval(self, m: Mapping[str, Any], config: Mapping[str, Any],
+                 n_samples: Mapping[str, int]) -> dict[str, Any]:
+        """This suite as one task in lm-eval's schema (`generate_until`)."""
+        key = {"wer": "wer", "cer": "cer", "multiple_choice": "acc", "exact_match": "exact_match",
+               "slots": "exact_match", "contains": "mean_recall"}[self.metric]
+        values = {k: m[k] for k in (key, f"{key}_stderr") if k in m}
+        return lm_eval_schema.single_task_document(
+            self.name, values, m["n"], 0,
+            {"output_type": "generate_until",
+             "generation_kwargs": {"until": config["stop_strings"],
+                                   "max_gen_toks": self.max_new_tokens, "do_sample": False}},
+            {key: self.metric not in ("wer", "cer")}, n_samples)
 
     def _sample(self, r: Mapping[str, Any], out_ids: list[int], ctx: Context) -> dict[str, Any]:
         output = ctx.detokenize(out_ids)
@@ -111,7 +126,7 @@ class GenerationSuite:
         doc = r.get("doc", {"prompt_ids": list(r["prompt_ids"]), "answer": r["answer"]})
         rec = {"sample_id": r["sample_id"], "prompt": prompt, "target": r["answer"],
                "output": output, "output_ids": out_ids, "meta": r.get("meta", {}),
-               **report.sample_hashes(doc, prompt, r["answer"])}
+               **lm_eval_schema.sample_hashes(doc, prompt, r["answer"])}
         self._score([rec])  # adds this sample's own metric (wer / correct / recalled)
         return rec
 

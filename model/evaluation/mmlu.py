@@ -1,13 +1,18 @@
 """MMLU scoring and aggregation, as lm-evaluation-harness reports it.
 
 Per question the prediction is the argmax over the choices' summed log-likelihoods
-of ` A`..` D` (ties go to the first, like `np.argmax`). Accuracy is reported per
+of ` A`..` D` (ties go to the first, like `np.argmax`); `acc_norm` is lm-eval's: the
+argmax of each log-likelihood divided by its choice's length in characters (the choice
+as `doc_to_choice` gives it, "A", without the target delimiter " "), so for MMLU's
+one-letter choices it equals `acc`, and differs where choices differ in length.
+Accuracy is reported per
 subject, per category (lm-eval's subject -> category mapping below), overall as a
 micro-average (weighted by question count, lm-eval's `weight_by_size: true`) and a
 macro-average over subjects, each with a standard error (see `stats.py`).
 
-Example per-question record (what `aggregate` takes):
-    {"subject": "anatomy", "loglikelihoods": [-1.2, -0.3, -2.0, -1.9], "label": 1}
+Example per-question record (what `aggregate` takes; `choices` as continuations):
+    {"subject": "anatomy", "loglikelihoods": [-1.2, -0.3, -2.0, -1.9], "label": 1,
+     "choices": [" A", " B", " C", " D"]}
 """
 from __future__ import annotations
 
@@ -66,44 +71,66 @@ def predict(loglikelihoods: Sequence[float]) -> int:
     return int(np.argmax(np.asarray(loglikelihoods, dtype=np.float64)))
 
 
-def _group(name_to_correct: Mapping[str, list[float]]) -> dict[str, dict[str, float]]:
-    return {
-        name: {"acc": float(np.mean(c)), "acc_stderr": stats.mean_stderr(c), "n": len(c)}
-        for name, c in sorted(name_to_correct.items())
-    }
+def predict_norm(loglikelihoods: Sequence[float], choices: Sequence[str],
+                 target_delimiter: str = " ") -> int:
+    """lm-eval's `acc_norm` prediction: argmax of log-likelihood / len(choice) in
+    characters, the choice without the `target_delimiter` its continuation starts with."""
+    lengths = np.array([float(len(c[len(target_delimiter):] if c.startswith(target_delimiter)
+                                  else c)) for c in choices])
+    return int(np.argmax(np.asarray(loglikelihoods, dtype=np.float64) / lengths))
+
+
+def _group(name_to_correct: Mapping[str, dict[str, list[float]]]) -> dict[str, dict[str, float]]:
+    out = {}
+    for name, by_metric in sorted(name_to_correct.items()):
+        out[name] = {}
+        for metric, c in by_metric.items():
+            out[name] |= {metric: float(np.mean(c)), f"{metric}_stderr": stats.mean_stderr(c)}
+        out[name]["n"] = len(by_metric["acc"])
+    return out
+
+
+def _pooled(members: list[dict[str, float]]) -> dict[str, float]:
+    """Size-weighted mean and pooled stderr of each metric over `members`."""
+    sizes = [m["n"] for m in members]
+    out = {}
+    for metric in ("acc", "acc_norm"):
+        if all(metric in m for m in members):
+            out[metric] = sum(m[metric] * m["n"] for m in members) / sum(sizes)
+            out[f"{metric}_stderr"] = stats.pooled_stderr([m[f"{metric}_stderr"] for m in members],
+                                                          sizes)
+    return out
 
 
 def aggregate(records: Iterable[Mapping[str, Any]]) -> dict[str, Any]:
-    """Accuracy per subject and category, and overall micro/macro averages with stderrs."""
-    per_subject: dict[str, list[float]] = {}
+    """Accuracy (and `acc_norm` where records carry `choices`) per subject and category,
+    and overall micro/macro averages with stderrs."""
+    per_subject: dict[str, dict[str, list[float]]] = {}
     for r in records:
-        correct = float(predict(r["loglikelihoods"]) == int(r["label"]))
-        per_subject.setdefault(r["subject"], []).append(correct)
+        label = int(r["label"])
+        got = per_subject.setdefault(r["subject"], {"acc": [], "acc_norm": []})
+        got["acc"].append(float(predict(r["loglikelihoods"]) == label))
+        if "choices" in r:
+            got["acc_norm"].append(float(predict_norm(r["loglikelihoods"], r["choices"]) == label))
     if not per_subject:
         raise ValueError("no MMLU records to aggregate")
+    for got in per_subject.values():
+        if len(got["acc_norm"]) != len(got["acc"]):
+            del got["acc_norm"]
     subjects = _group(per_subject)
     categories: dict[str, dict[str, float]] = {}
     for cat in CATEGORIES:
         members = [subjects[s] for s in subjects if category_of(s) == cat]
         if not members:
             continue
-        n = sum(m["n"] for m in members)
-        categories[cat] = {
-            "acc": sum(m["acc"] * m["n"] for m in members) / n,
-            "acc_stderr": stats.pooled_stderr([m["acc_stderr"] for m in members],
-                                              [m["n"] for m in members]),
-            "n": n,
-            "num_subjects": len(members),
-        }
+        categories[cat] = {**_pooled(members), "n": sum(m["n"] for m in members),
+                           "num_subjects": len(members)}
     all_members = list(subjects.values())
-    n_total = sum(m["n"] for m in all_members)
     overall = {
-        "acc": sum(m["acc"] * m["n"] for m in all_members) / n_total,
-        "acc_stderr": stats.pooled_stderr([m["acc_stderr"] for m in all_members],
-                                          [m["n"] for m in all_members]),
+        **_pooled(all_members),
         "acc_macro": float(np.mean([m["acc"] for m in all_members])),
         "acc_macro_stderr": stats.macro_stderr([m["acc_stderr"] for m in all_members]),
-        "n": n_total,
+        "n": sum(m["n"] for m in all_members),
         "num_subjects": len(all_members),
     }
     return {"overall": overall, "categories": categories, "subjects": subjects}

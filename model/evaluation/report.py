@@ -2,8 +2,10 @@
 
     <out>/results.json          per task: metrics, stderr, n, n-shot, config, timing;
                                 plus run metadata (versions, git commit, checkpoint step, date)
+                                and the same results in lm-eval's schema (lm_eval_schema.py)
     <out>/samples_<task>.jsonl  one line per sample: inputs as sent, target, outputs or
-                                scores, per-sample metric, SHA-256 of doc, prompt, target
+                                scores, per-sample metric, lm-eval's doc/prompt/target
+                                hashes (lm_eval_schema.sample_hashes)
     <out>/report.md             tables, with plots under <out>/plots/*.png
     <out>/report.html           the same, self-contained (plots inlined as base64 PNGs)
 
@@ -27,24 +29,12 @@ from typing import Any, Iterable, Mapping, Sequence
 from model import fs
 
 
-def sha256_text(value: Any) -> str:
-    """SHA-256 hex of a string, or of a JSON value serialised with sorted keys."""
-    text = value if isinstance(value, str) else json.dumps(value, sort_keys=True, ensure_ascii=False)
-    return hashlib.sha256(text.encode("utf-8")).hexdigest()
-
-
 def fingerprint(*parts: Any) -> str:
     """SHA-256 of JSON-serialisable parts (suite settings, per-sample inputs)."""
     h = hashlib.sha256()
     for part in parts:
         h.update(json.dumps(part, sort_keys=True, default=_json_default).encode("utf-8"))
     return h.hexdigest()
-
-
-def sample_hashes(doc: Any, prompt: str, target: str) -> dict[str, str]:
-    """lm-eval-style `doc_hash`, `prompt_hash`, `target_hash`."""
-    return {"doc_hash": sha256_text(doc), "prompt_hash": sha256_text(prompt),
-            "target_hash": sha256_text(target)}
 
 
 class SampleLog:

@@ -20,7 +20,8 @@ import numpy as np
 
 from model import fs
 from model.evaluation import lm as lm_metrics
-from model.evaluation import long_context, mmlu as mmlu_metrics, plots, report, scoring
+from model.evaluation import lm_eval_schema, long_context, mmlu as mmlu_metrics, plots, report
+from model.evaluation import scoring
 from model.evaluation.report import Figure, Section, Table
 
 InputsFn = Callable[[], list[dict[str, Any]]]
@@ -58,6 +59,7 @@ class Context:
     detokenize: Callable[[Sequence[int]], str] | None = None
     writer: bool = True
     agree: Callable[[str, str], None] = _alone
+    limit: int | float | None = None  # lm-eval's --limit: first docs of each task (< 1: a fraction)
 
     def open_log(self, name: str, fingerprint: str) -> report.SampleLog:
         """`samples_<name>.jsonl` for resuming: the writer opens it first; the other
@@ -78,6 +80,14 @@ class SuiteResult:
     config: dict[str, Any]
     sections: list[Section]
     timing: dict[str, float]
+    lm_eval: dict[str, Any] | None = None  # this suite's part of lm-eval's schema
+
+
+def limited(records: list[dict[str, Any]], ctx: Context, task_of: Callable[[Any], str] | None = None
+            ) -> tuple[list[dict[str, Any]], dict[str, dict[str, int]]]:
+    """`ctx.limit` applied like lm-eval's --limit (the first docs of each task), and the
+    `n-samples` counts {task: {"original", "effective"}}."""
+    return lm_eval_schema.apply_limit(records, ctx.limit, task_of)
 
 
 def _progress(total: int, desc: str, enabled: bool):
@@ -89,6 +99,30 @@ def _timing(start: float, n_new: int, n_requests: int) -> dict[str, float]:
     secs = time.perf_counter() - start
     return {"seconds": secs, "new_samples": n_new, "requests": n_requests,
             "samples_per_second": n_new / secs if secs > 0 and n_new else 0.0}
+
+
+def _tokens_cut(sample: Mapping[str, Any], max_len: int) -> int:
+    """Prompt tokens left out of a sample's row (samples logged before this was recorded
+    get it from their prompt length)."""
+    if "prompt_tokens_cut" in sample:
+        return int(sample["prompt_tokens_cut"])
+    return max(0, int(sample["num_prompt_tokens"]) + 1 - max_len) if sample["truncated"] else 0
+
+
+def prompt_cut_paragraph(samples: Sequence[Mapping[str, Any]], max_len: int) -> str:
+    """What the report says about prompt length: all whole, or which were cut and by how much."""
+    cut = [(s["sample_id"], _tokens_cut(s, max_len)) for s in samples]
+    cut = [(sid, n) for sid, n in cut if n]
+    longest = max(int(s["num_prompt_tokens"]) for s in samples)
+    if not cut:
+        return (f"Every prompt was scored whole (the longest has {longest} tokens; the "
+                f"model's context is {max_len}).")
+    shown = ", ".join(sid for sid, _ in cut[:5]) + (", ..." if len(cut) > 5 else "")
+    return (f"{len(cut)} of {len(samples)} prompts were longer than the model's context of "
+            f"{max_len} tokens and were cut: their first tokens were dropped (left "
+            f"truncation, up to {max(n for _, n in cut)} tokens; longest prompt {longest}). "
+            f"They are marked `truncated` with `prompt_tokens_cut` in the samples file: "
+            f"{shown}. Raise `evaluate.max_length` (and the model's max_len) to score them whole.")
 
 
 @gin.configurable
@@ -104,8 +138,9 @@ class MMLUSuite:
         records = self.inputs_fn()
         if not records:
             raise ValueError(f"{self.name}: inputs_fn returned no records")
+        records, n_samples = limited(records, ctx, lambda r: r["subject"])
         log = ctx.open_log(self.name, report.fingerprint(
-            "mmlu", ctx.scorer.max_length,
+            "mmlu", "lm-eval hashes", ctx.scorer.max_length,
             [(r["sample_id"], r["context_ids"], r["continuation_ids"]) for r in records]))
         todo = [r for r in records if r["sample_id"] not in log.done]
         requests, owner = [], []
@@ -129,37 +164,51 @@ class MMLUSuite:
         samples = [log.done[r["sample_id"]] for r in records]
         metrics = mmlu_metrics.aggregate(samples)
         num_shots = records[0].get("num_shots")
+        cut = [_tokens_cut(s, max_len) for s in samples]
         config = {"num_shots": num_shots, "num_questions": len(records),
                   "num_subjects": metrics["overall"]["num_subjects"],
                   "max_length": max_len, "batch_size": scorer.batch_size,
-                  "scorer": type(scorer).__name__,
-                  "truncated_prompts": sum(1 for s in samples if s["truncated"]),
+                  "scorer": type(scorer).__name__, "limit": ctx.limit,
+                  "truncated_prompts": sum(1 for c in cut if c),
+                  "max_prompt_tokens_cut": max(cut),
+                  "longest_prompt_tokens": max(s["num_prompt_tokens"] for s in samples),
                   "prompt": "lm-eval mmlu default template, first_n few-shot from dev"}
-        return SuiteResult(self.name, metrics, config, self._sections(metrics, config),
-                           _timing(start, len(todo), len(requests)))
+        lm_eval = lm_eval_schema.mmlu_document(
+            self.name, metrics, num_shots or 0, n_samples, records[0].get("split", "test"),
+            mmlu_metrics.SUBJECT_CATEGORIES)
+        return SuiteResult(self.name, metrics, config, self._sections(metrics, config, samples),
+                           _timing(start, len(todo), len(requests)), lm_eval)
 
     @staticmethod
     def _sample(r: Mapping[str, Any], lls: Mapping[int, float], max_len: int) -> dict[str, Any]:
         ll = [lls[i] for i in range(len(r["continuation_ids"]))]
         pred = mmlu_metrics.predict(ll)
+        pred_norm = mmlu_metrics.predict_norm(ll, r["choices"])
         longest = max(len(c) for c in r["continuation_ids"])
+        doc = json.loads(r["doc"]) if isinstance(r["doc"], str) else r["doc"]
+        # lm-eval's target: doc_to_target(doc), the CSV's answer letter.
+        target = doc.get("answer", r["target"]) if isinstance(doc, dict) else r["target"]
+        cut = max(0, len(r["context_ids"]) + longest - max_len)
         return {
-            "sample_id": r["sample_id"], "subject": r["subject"],
-            "doc": json.loads(r["doc"]) if isinstance(r["doc"], str) else r["doc"],
-            "prompt": r["prompt"], "choices": r["choices"], "target": r["target"],
+            "sample_id": r["sample_id"], "doc_id": r.get("doc_id"), "subject": r["subject"],
+            "doc": doc, "prompt": r["prompt"], "choices": r["choices"], "target": target,
             "label": r["label"], "loglikelihoods": ll, "prediction": pred,
-            "acc": float(pred == r["label"]),
+            "prediction_norm": pred_norm, "acc": float(pred == r["label"]),
+            "acc_norm": float(pred_norm == r["label"]),
             "num_prompt_tokens": len(r["context_ids"]),
-            "truncated": len(r["context_ids"]) + longest > max_len,
-            **report.sample_hashes(r["doc"], r["prompt"], r["target"]),
+            "truncated": cut > 0, "prompt_tokens_cut": cut,
+            **lm_eval_schema.sample_hashes(doc, r["prompt"], target),
         }
 
-    def _sections(self, m: Mapping[str, Any], config: Mapping[str, Any]) -> list[Section]:
+    def _sections(self, m: Mapping[str, Any], config: Mapping[str, Any],
+                  samples: Sequence[Mapping[str, Any]]) -> list[Section]:
         o = m["overall"]
+        limit = f" (limit {config['limit']} per subject)" if config.get("limit") else ""
         paragraphs = [
-            f"{config['num_shots']}-shot, {o['n']} questions over {o['num_subjects']} subjects; "
-            f"prompts longer than the model's {config['max_length']} tokens are left-truncated "
-            f"({config['truncated_prompts']} of them). Chance is 0.25.",
+            f"{config['num_shots']}-shot, {o['n']} questions over {o['num_subjects']} "
+            f"subjects{limit}. Chance is 0.25. acc_norm (lm-eval's: log-likelihood / choice "
+            f"length in characters) equals acc for one-letter choices.",
+            prompt_cut_paragraph(samples, config["max_length"]),
         ]
         se = o["acc_stderr"]
         if se == se and abs(o["acc"] - 0.25) <= 2 * se:  # (se == se: not nan)
@@ -168,6 +217,7 @@ class MMLUSuite:
                               "guessing (expected for a model this small).")
         overall = Table(("average", "acc", "stderr", "n"), [
             ("micro (weighted by questions)", o["acc"], o["acc_stderr"], o["n"]),
+            ("micro, acc_norm", o.get("acc_norm"), o.get("acc_norm_stderr"), o["n"]),
             ("macro (mean over subjects)", o["acc_macro"], o["acc_macro_stderr"],
              o["num_subjects"])])
         cats = Table(("category", "acc", "stderr", "n", "subjects"),
@@ -206,6 +256,7 @@ class TextLMSuite:
         docs = [d for d in self.inputs_fn() if d["token_ids"]]
         if not docs:
             raise ValueError(f"{self.name}: inputs_fn returned no non-empty documents")
+        docs, n_samples = limited(docs, ctx)
         samples, n_new, n_req = self._score_docs(ctx.scorer, docs, self.name, ctx)
         baseline = None
         if self.compare_untrained and ctx.baseline_scorer is not None:
@@ -219,9 +270,17 @@ class TextLMSuite:
                 "bits_per_byte", "token_perplexity", "nll_per_token")}
         config = {"max_length": ctx.scorer.max_length, "context": self.context,
                   "num_documents": len(docs), "batch_size": ctx.scorer.batch_size,
-                  "compared_with_untrained": baseline is not None}
+                  "compared_with_untrained": baseline is not None, "limit": ctx.limit}
+        lm_eval = lm_eval_schema.single_task_document(
+            self.name, {"bits_per_byte": metrics["bits_per_byte"],
+                        "byte_perplexity": 2.0 ** metrics["bits_per_byte"],
+                        "token_perplexity": metrics["token_perplexity"]},
+            len(docs), 0, {"output_type": "loglikelihood_rolling",
+                           "max_length": ctx.scorer.max_length},
+            {"bits_per_byte": False, "byte_perplexity": False, "token_perplexity": False},
+            n_samples[""])
         return SuiteResult(self.name, metrics, config, self._sections(metrics),
-                           _timing(start, n_new, n_req))
+                           _timing(start, n_new, n_req), lm_eval)
 
     def _score_docs(self, scorer: scoring.BatchedScorer, docs: list[dict[str, Any]], log_name: str,
                     ctx: Context) -> tuple[list[dict[str, Any]], int, int]:
@@ -275,7 +334,7 @@ class TextLMSuite:
             "nll": nll, "num_tokens": n_tok, "num_bytes": n_bytes,
             "bits_per_byte": lm_metrics.bits_per_byte(nll, n_bytes),
             "first_window_nll": None if first is None else (-first).round(5).tolist(),
-            **report.sample_hashes(d["text"], d["text"], d["text"]),
+            **lm_eval_schema.sample_hashes(d["text"], d["text"], d["text"]),
         }
 
     def _sections(self, m: Mapping[str, Any]) -> list[Section]:
