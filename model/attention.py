@@ -21,6 +21,7 @@ import jax.numpy as jnp
 
 from model.blockwise_attention import blockwise_attention
 from model.layers import DenseGeneral, Dtype, apply_rope, constrain
+from model.nn import memory_attention
 
 MODES = ("full", "prefill", "step")
 
@@ -66,9 +67,13 @@ class Attention(nn.Module):
 
     @nn.compact
     def __call__(self, x: jax.Array, sin: jax.Array, cos: jax.Array,
-                 segment_ids: jax.Array, step_positions: jax.Array | None = None
-                 ) -> jax.Array:
-        """x [B,T,D]; sin/cos [B,T,H/2]; segment_ids [B,T]; step_positions [B] ('step')."""
+                 segment_ids: jax.Array, step_positions: jax.Array | None = None,
+                 context: memory_attention.Context | None = None
+                 ) -> jax.Array | tuple[jax.Array, jax.Array]:
+        """x [B,T,D]; sin/cos [B,T,H/2]; segment_ids [B,T]; step_positions [B] ('step').
+
+        With `context` (long-range memory, model/nn/memory.py) the keys are [context; x]
+        and the result is (out, attention mass per key [B, C + S])."""
         if self.mode not in MODES:
             raise ValueError(f"Attention.mode={self.mode!r}: choose one of {MODES}")
         d = x.shape[-1]
@@ -76,23 +81,44 @@ class Attention(nn.Module):
         proj = lambda feats, axes, name: DenseGeneral(feats, axes, self.dtype, self.param_dtype,
                                                       name=name)
         q = proj((n, h), ("embed", "heads", "head_dim"), "query")(x)
-        k = proj((nkv, h), ("embed", "kv_heads", "head_dim"), "key")(x)
-        v = proj((nkv, h), ("embed", "kv_heads", "head_dim"), "value")(x)
+        key = proj((nkv, h), ("embed", "kv_heads", "head_dim"), "key")
+        value = proj((nkv, h), ("embed", "kv_heads", "head_dim"), "value")
+        k, v = key(x), value(x)
         q = apply_rope(q, sin, cos)
         k = apply_rope(k, sin, cos)
         q = constrain(q, ("batch", "length", "heads", "head_dim"))
         k = constrain(k, ("batch", "length", "kv_heads", "head_dim"))
         v = constrain(v, ("batch", "length", "kv_heads", "head_dim"))
 
-        if self.mode == "step":
+        usage = None
+        if context is not None:
+            ck = apply_rope(key(context.h), context.sin, context.cos)
+            out, usage = self._with_context(q, k, v, segment_ids, step_positions, ck,
+                                            value(context.h), context.seg)
+        elif self.mode == "step":
             out = self._step(q, k, v, step_positions)
         else:
             if self.mode == "prefill":
                 self._write_prefill(k, v)
             out = self._self_attention(q, k, v, segment_ids)
         out = constrain(out, ("batch", "length", "heads", "head_dim"))
-        return DenseGeneral((d,), ("heads", "head_dim", "embed"), self.dtype, self.param_dtype,
-                            in_axes=2, name="out")(out)
+        y = DenseGeneral((d,), ("heads", "head_dim", "embed"), self.dtype, self.param_dtype,
+                         in_axes=2, name="out")(out)
+        return y if context is None else (y, usage)
+
+    def _with_context(self, q, k, v, segment_ids, step_positions, ck, cv, ctx_seg):
+        """Attention over [context; segment (or KV cache)], explicit softmax."""
+        if self.mode == "step":
+            k, v, self_mask = self._step_write(k, v, step_positions)
+        else:
+            if self.mode == "prefill":
+                self._write_prefill(k, v)
+            self_mask = segment_causal_mask(segment_ids)
+        ctx_mask = memory_attention.context_mask(segment_ids, ctx_seg, self.mode == "full")
+        ctx_mask = jnp.broadcast_to(ctx_mask, self_mask.shape[:2] + ctx_mask.shape[2:])
+        return memory_attention.attend(q, jnp.concatenate([ck, k], axis=1),
+                                       jnp.concatenate([cv, v], axis=1),
+                                       jnp.concatenate([ctx_mask, self_mask], axis=-1))
 
     def _self_attention(self, q, k, v, segment_ids):
         if self.backend == "blockwise":
@@ -116,17 +142,21 @@ class Attention(nn.Module):
         ck.value = jax.lax.dynamic_update_slice_in_dim(ck.value, k, 0, axis=1)
         cv.value = jax.lax.dynamic_update_slice_in_dim(cv.value, v, 0, axis=1)
 
-    def _step(self, q, k, v, positions):
-        """q [B,1,N,H], k/v [B,1,K,H]: write at each row's position, attend keys <= it."""
-        b = q.shape[0]
-        ck, cv = self._cache_vars(b, k.dtype)
+    def _step_write(self, k, v, positions):
+        """k/v [B,1,K,H] written at each row's position -> (cache k, cache v, mask [B,1,S])."""
+        ck, cv = self._cache_vars(k.shape[0], k.dtype)
         write = lambda cache, new, p: jax.lax.dynamic_update_slice_in_dim(cache, new, p, axis=0)
         ck.value = jax.vmap(write)(ck.value, k, positions)
         cv.value = jax.vmap(write)(cv.value, v, positions)
         mask = jnp.arange(self.cache_len)[None, None, :] <= positions[:, None, None]  # [B,1,S]
+        return ck.value, cv.value, mask
+
+    def _step(self, q, k, v, positions):
+        """q [B,1,N,H], k/v [B,1,K,H]: write at each row's position, attend keys <= it."""
+        ck, cv, mask = self._step_write(k, v, positions)
         impl = "cudnn" if self.backend == "cudnn" else "xla"
         if impl == "cudnn":  # cuDNN decode: lengths instead of a mask
             return jax.nn.dot_product_attention(
-                q, ck.value, cv.value, key_value_seq_lengths=(positions + 1).astype(jnp.int32),
+                q, ck, cv, key_value_seq_lengths=(positions + 1).astype(jnp.int32),
                 implementation="cudnn")
-        return xla_attention(q, ck.value, cv.value, mask)
+        return xla_attention(q, ck, cv, mask)

@@ -20,6 +20,8 @@ from typing import Any, Mapping
 
 import gin
 
+from model.nn.memory_config import MemoryConfig
+
 # Mirrors pipelines/special_tokens.py (checked by tests/test_model_config.py).
 PAD_ID = 0
 EOS_ID = 1
@@ -217,6 +219,7 @@ class TransformerConfig:
     image: VisionEncoderConfig | None = None
     video: VisionEncoderConfig | None = None
     audio: AudioEncoderConfig | None = None
+    memory: MemoryConfig | None = None  # long-range memory (model/nn/memory_config.py)
 
     def __post_init__(self) -> None:
         name = "TransformerConfig"
@@ -252,6 +255,11 @@ class TransformerConfig:
                   f"with scan_layers=True it must be a multiple of len(layer_pattern)="
                   f"{len(self.layer_pattern)} ({self.layer_pattern!r}); change num_layers, "
                   "the pattern, or set scan_layers=False")
+        if self.memory is not None:
+            self.memory.validate_layers(self.num_layers)
+            if self.scan_layers:
+                _fail(name, "scan_layers", True, "long-range memory needs unrolled layers "
+                      "(per-layer memory lengths); set scan_layers=False")
         if self.video is not None and self.video.num_frames < 1:
             _fail(name, "video", self.video, "video.num_frames must be >= 1")
 
@@ -351,7 +359,7 @@ PRESETS: dict[str, TransformerConfig] = {
 }
 
 _NESTED = {"moe": MoEConfig, "image": VisionEncoderConfig, "video": VisionEncoderConfig,
-           "audio": AudioEncoderConfig}
+           "audio": AudioEncoderConfig, "memory": MemoryConfig}
 
 
 def _replace(cfg: Any, overrides: Mapping[str, Any], where: str) -> Any:

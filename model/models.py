@@ -128,19 +128,29 @@ class DecoderOnlyModel:
         return flops_lib.flops_per_token(self.config, seq_len or self.config.max_len)
 
     # -- forward ------------------------------------------------------------
+    def _forward(self, module: Transformer, params: Params, batch: Batch, memory: Any = None
+                 ) -> tuple[Any, dict[str, Any]]:
+        """module on the batch -> (outputs, new state). With long-range memory configured,
+        the state holds the advanced 'memory' (start: `memory`, None = empty) and the
+        'memory_losses' (model/nn/memory.py); without, it is {}."""
+        tokens, segments, positions = _text_inputs(batch)
+        args = (tokens, segments, positions, media_inputs(batch) or None)
+        if self.config.memory is None:
+            return module.apply({"params": params}, *args), {}
+        variables = {"params": params} if memory is None else {"params": params,
+                                                                "memory": memory}
+        return module.apply(variables, *args, mutable=["memory", "memory_losses"])
+
     def logits(self, params: Params, batch: Batch, *, train: bool = False
                ) -> tuple[jax.Array, list[dict[str, jax.Array]]]:
         """Full forward: (logits [B, L, V] float32, per-MoE-layer metrics)."""
-        tokens, segments, positions = _text_inputs(batch)
-        return self.module(train=train).apply({"params": params}, tokens, segments, positions,
-                                              media_inputs(batch) or None)
+        return self._forward(self.module(train=train), params, batch)[0]
 
     def _hidden(self, params: Params, batch: Batch, train: bool
                 ) -> tuple[jax.Array, list[dict[str, jax.Array]]]:
         """Final normed hidden states [B, L, D] (no output layer) and MoE metrics."""
-        tokens, segments, positions = _text_inputs(batch)
-        return Transformer(self.config, train=train, return_hidden=True).apply(
-            {"params": params}, tokens, segments, positions, media_inputs(batch) or None)
+        return self._forward(Transformer(self.config, train=train, return_hidden=True),
+                             params, batch)[0]
 
     def _output_kernel(self, params: Params) -> jax.Array:
         """The output layer: [D, V], or the tied embedding [V, D]."""
@@ -148,17 +158,26 @@ class DecoderOnlyModel:
                   else params["logits"]["kernel"])
         return kernel.value if isinstance(kernel, nn.Partitioned) else kernel
 
-    def _ce_parts(self, params: Params, batch: Batch, train: bool):
-        """(lse, target_logit, max_logit) [B, L] and MoE metrics; chunked if configured."""
+    def _ce_parts(self, params: Params, batch: Batch, train: bool, memory: Any = None):
+        """(lse, target_logit, max_logit) [B, L], MoE metrics, and the memory state (see
+        _forward); chunked if configured."""
         targets = jnp.asarray(batch["decoder_target_tokens"], jnp.int32)
         chunk = self.config.loss_chunk
+
+        def run(hidden: bool):
+            if self.config.memory is None:  # (subclasses may override logits / _hidden)
+                return (self._hidden(params, batch, train) if hidden
+                        else self.logits(params, batch, train=train)), {}
+            return self._forward(Transformer(self.config, train=train, return_hidden=hidden),
+                                 params, batch, memory)
+
         if not chunk:
-            logits, moe_metrics = self.logits(params, batch, train=train)
-            return softmax_cross_entropy_parts(logits, targets), moe_metrics
-        hidden, moe_metrics = self._hidden(params, batch, train)
+            (logits, moe_metrics), state = run(False)
+            return softmax_cross_entropy_parts(logits, targets), moe_metrics, state
+        (hidden, moe_metrics), state = run(True)
         parts = chunked_cross_entropy_parts(hidden, self._output_kernel(params), targets, chunk,
                                             vocab_major=self.config.tie_embeddings)
-        return parts, moe_metrics
+        return parts, moe_metrics, state
 
     def logits_at(self, params: Params, batch: Batch, positions: jax.Array) -> jax.Array:
         """Eval-mode logits [B, P, V] float32 at input positions [B, P] only.
@@ -183,8 +202,17 @@ class DecoderOnlyModel:
                 train: bool = True) -> tuple[jax.Array, dict[str, jax.Array]]:
         """(loss, metrics): weighted mean CE + z-loss + MoE aux and router z losses."""
         del rng  # no dropout / router noise
+        loss, metrics, _ = self.loss_and_memory(params, batch, None, train=train)
+        return loss, metrics
+
+    def loss_and_memory(self, params: Params, batch: Batch, memory: Any, *,
+                        train: bool = True) -> tuple[jax.Array, dict[str, jax.Array], Any]:
+        """(loss, metrics, advanced memory) reading long-range `memory` (None: empty; the
+        returned memory is None when the config has none). Adds the memory compressor's
+        attention-reconstruction loss (metric memory_reconstruction_loss)."""
         cfg = self.config
-        (lse, target_logit, max_logit), moe_metrics = self._ce_parts(params, batch, train)
+        (lse, target_logit, max_logit), moe_metrics, state = self._ce_parts(params, batch,
+                                                                            train, memory)
         weights = text_loss_weights(batch)
         num_tokens = jnp.sum(weights)
         denom = jnp.maximum(num_tokens, 1.0)
@@ -205,12 +233,17 @@ class DecoderOnlyModel:
         loss = cross_entropy + cfg.z_loss_coef * z_loss
         if cfg.moe is not None:
             loss = loss + cfg.moe.aux_loss_coef * moe_aux + cfg.moe.router_z_loss_coef * moe_z
+        if cfg.memory is not None:
+            recon = jax.tree.leaves(state.get("memory_losses", {}))
+            recon = sum(recon) / len(recon) if recon else jnp.zeros((), jnp.float32)
+            loss = loss + cfg.memory.reconstruction_loss_coef * recon
+            metrics["memory_reconstruction_loss"] = recon
         metrics.update(loss=loss, cross_entropy=cross_entropy, z_loss=z_loss,
                        moe_aux_loss=moe_aux, moe_z_loss=moe_z, accuracy=accuracy,
                        num_tokens=num_tokens)
-        return loss, metrics
+        return loss, metrics, state.get("memory")
 
     def score_batch(self, params: Params, batch: Batch) -> jax.Array:
         """[B, L] float32 log p(decoder_target_tokens) (eval-mode capacity; mask with weights)."""
-        (lse, target_logit, _), _ = self._ce_parts(params, batch, train=False)
+        (lse, target_logit, _), _, _ = self._ce_parts(params, batch, train=False)
         return target_logit - lse

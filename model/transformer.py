@@ -22,6 +22,7 @@ from model.encoders import MediaEncoders, merge_media
 from model.layers import DenseGeneral, Embed, RMSNorm, SwiGLU, constrain, rope_tables
 from model.moe import MoE
 from model.nn import gating
+from model.nn.memory import attend_with_memory
 
 MoEMetrics = dict[str, jax.Array]
 
@@ -43,17 +44,24 @@ class DecoderBlock(nn.Module):
     train: bool = False
     mode: str = "full"
     cache_len: int = 0
+    memory: Any = None  # model.nn.memory_config.LayerMemory or None (no long-range memory)
 
     @nn.compact
     def __call__(self, x: jax.Array, sin: jax.Array, cos: jax.Array, segment_ids: jax.Array,
-                 step_positions: jax.Array | None = None
+                 step_positions: jax.Array | None = None, positions: jax.Array | None = None
                  ) -> tuple[jax.Array, MoEMetrics | None]:
         norm = lambda name: RMSNorm(self.norm_eps, self.dtype, self.param_dtype, name=name)
         attn = Attention(self.num_heads, self.num_kv_heads, self.head_dim,
                          self.attention_backend, self.block_q, self.block_kv, self.dtype,
                          self.param_dtype, self.mode, self.cache_len, name="attention")
-        h = norm("pre_attention_norm")(x)
-        a = attn(h, sin, cos, segment_ids, step_positions)
+        pre_norm = norm("pre_attention_norm")
+        h = pre_norm(x)
+        if self.memory is None:
+            a = attn(h, sin, cos, segment_ids, step_positions)
+        else:  # positions [B,T]: where x's states go in the memory
+            a = attend_with_memory(self, attn, pre_norm, self.memory, x, h, sin, cos,
+                                   segment_ids, positions, step_positions, self.mode,
+                                   self.norm_eps)
         if not self.parallel:
             x = x + a
             h = norm("pre_ffn_norm")(x)
@@ -97,10 +105,12 @@ def _block(cfg: TransformerConfig, i: int, train: bool, mode: str, cache_len: in
     """Decoder layer i (dense or MoE by the layer pattern)."""
     dtype, pdtype = jnp.dtype(cfg.dtype), jnp.dtype(cfg.param_dtype)
     moe = cfg.moe if cfg.is_moe_layer(i) else None
+    memory = (None if cfg.memory is None
+              else cfg.memory.for_layer(i, cfg.num_layers, cfg.rope_base))
     return _block_class(cfg, mode)(
         cfg.num_heads, cfg.num_kv_heads, cfg.head_dim, cfg.d_ff, cfg.norm_eps,
         cfg.parallel_block, moe, cfg.attention_backend, cfg.block_q, cfg.block_kv,
-        dtype, pdtype, train, mode, cache_len, **gating.block_fields(cfg), name=name)
+        dtype, pdtype, train, mode, cache_len, **gating.block_fields(cfg), memory=memory, name=name)
 
 
 class PatternPeriod(nn.Module):
@@ -207,6 +217,8 @@ class Transformer(nn.Module):
         sin, cos = rope_tables(positions, cfg.head_dim, cfg.rope_base)
 
         block_args = (sin, cos, segment_ids, step_positions)
+        if cfg.memory is not None:  # memory layers store states at their positions
+            block_args += (positions,)
         all_metrics: list[MoEMetrics] = []
         if cfg.scan_layers:
             x, stacked = scanned_stack(cfg, self.train, self.mode, self.cache_len)(
