@@ -14,6 +14,15 @@ unk 2, the modality placeholders and begin/end markers and a newline piece as
 user-defined symbols, then 256 byte-fallback pieces, so any UTF-8 text round-trips exactly
 (identity normalisation, no dummy prefix). Digits are split into single
 pieces, which keeps spoken-digit transcripts and arithmetic regular.
+
+Multiple-choice answer letters are single pieces, with and without the leading space
+(`SINGLE_PIECES`: "▁A".."▁D", "A".."D"): unigram training kept "▁B"/"▁C" but not
+"▁A"/"▁D", so " A" and " D" were two tokens and a weak model's summed log-likelihoods
+leaned to B/C. After training, `ensure_single_pieces` gives each missing one the id of
+the lowest-scoring learned multi-character piece (a rare word; it still encodes, in
+smaller pieces), so no reserved or other id moves. The committed model was patched so:
+
+    python -m pipelines.train_tokenizer --patch=tasks/vocab/tapestry_8k
 """
 
 from __future__ import annotations
@@ -28,6 +37,61 @@ from typing import Iterable, Sequence
 import apache_beam as beam
 
 from pipelines import beam_options, fs, special_tokens, text_io
+
+
+SINGLE_PIECES = ("▁A", "▁B", "▁C", "▁D", "A", "B", "C", "D")
+# A new piece scores this much above the pieces it joins, so exactly the segmentations
+# that used them merge into it and nothing else changes (barring near-ties).
+_JOIN_MARGIN = 0.01
+
+
+def ensure_single_pieces(model_proto: bytes, pieces=SINGLE_PIECES) -> bytes:
+    """`model_proto` with every string of `pieces` a single normal piece.
+
+    A missing piece replaces the lowest-scoring learned multi-character piece (ids
+    below `special_tokens.NUM_RESERVED`, single characters and `pieces` themselves
+    are never replaced) and scores `_JOIN_MARGIN` above its best split into the model's
+    other pieces, so it is what that text encodes to. Idempotent.
+    """
+    import sentencepiece as spm  # pylint: disable=g-import-not-at-top
+    from sentencepiece import sentencepiece_model_pb2 as model_pb2
+
+    proto = model_pb2.ModelProto()
+    proto.ParseFromString(model_proto)
+    normal = model_pb2.ModelProto.SentencePiece.NORMAL
+    have = {p.piece for p in proto.pieces}
+    missing = [p for p in pieces if p not in have]
+    if not missing:
+        return model_proto
+    victims = sorted((p.score, i) for i, p in enumerate(proto.pieces)
+                     if i >= special_tokens.NUM_RESERVED and p.type == normal
+                     and len(p.piece) > 1 and p.piece not in pieces)
+    if len(victims) < len(missing):
+        raise ValueError(f"no learned pieces left to make {missing} single pieces")
+    sp = spm.SentencePieceProcessor(model_proto=model_proto)
+    for piece, (_, i) in zip(missing, victims):
+        ids = sp.encode(piece.replace("▁", " "))
+        split_score = sum(sp.get_score(t) for t in ids)
+        proto.pieces[i].piece = piece
+        proto.pieces[i].score = split_score + _JOIN_MARGIN
+    out = proto.SerializeToString()
+    check = spm.SentencePieceProcessor(model_proto=out)
+    wrong = [p for p in pieces if len(check.encode(p.replace("▁", " "))) != 1]
+    if wrong:
+        raise RuntimeError(f"pieces {wrong} still encode to several tokens")
+    return out
+
+
+def write_model(model_proto: bytes, output_prefix: str) -> str:
+    """Writes `<output_prefix>.model` and the `.vocab` listing (piece, score per line)."""
+    import sentencepiece as spm  # pylint: disable=g-import-not-at-top
+
+    processor = spm.SentencePieceProcessor(model_proto=model_proto)
+    fs.write_bytes(output_prefix + ".model", model_proto)
+    vocab = "".join(f"{processor.id_to_piece(i)}\t{processor.get_score(i)}\n"
+                    for i in range(processor.get_piece_size()))
+    fs.write_text(output_prefix + ".vocab", vocab)
+    return output_prefix + ".model"
 
 
 def sentencepiece_trainer_args(vocab_size: int) -> dict:
@@ -72,14 +136,12 @@ def train_sentencepiece(lines: Iterable[str], output_prefix: str, vocab_size: in
         model_writer=model,
         **sentencepiece_trainer_args(vocab_size),
     )
-    processor = spm.SentencePieceProcessor(model_proto=model.getvalue())
+    proto = ensure_single_pieces(model.getvalue())
+    processor = spm.SentencePieceProcessor(model_proto=proto)
     for piece, expected in special_tokens.SYMBOL_IDS.items():
         if processor.piece_to_id(piece) != expected:
             raise RuntimeError(f"reserved piece {piece} got id {processor.piece_to_id(piece)}, not {expected}")
-    fs.write_bytes(output_prefix + ".model", model.getvalue())
-    vocab = "".join(f"{processor.id_to_piece(i)}\t{processor.get_score(i)}\n" for i in range(processor.get_piece_size()))
-    fs.write_text(output_prefix + ".vocab", vocab)
-    return output_prefix + ".model"
+    return write_model(proto, output_prefix)
 
 
 def build(pipeline: beam.Pipeline, inputs: Sequence[str], output: str, vocab_size: int, sample_rate: float, seed: int):
@@ -95,12 +157,24 @@ def build(pipeline: beam.Pipeline, inputs: Sequence[str], output: str, vocab_siz
 
 def main(argv: Sequence[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--input", action="append", required=True, help="file, directory or glob; repeatable")
-    parser.add_argument("--output", required=True, help="output prefix: writes <output>.model and <output>.vocab")
+    parser.add_argument("--patch", metavar="PREFIX",
+                        help="no training: make SINGLE_PIECES single pieces in <PREFIX>.model "
+                             "(and rewrite <PREFIX>.vocab); ids of all other pieces kept")
+    parser.add_argument("--input", action="append", help="file, directory or glob; repeatable")
+    parser.add_argument("--output", help="output prefix: writes <output>.model and <output>.vocab")
     parser.add_argument("--vocab_size", type=int, default=8192)
     parser.add_argument("--sample_rate", type=float, default=1.0, help="fraction of paragraphs to train on")
     parser.add_argument("--seed", type=int, default=0)
     args, beam_args = parser.parse_known_args(argv)
+    if args.patch:
+        before = fs.read_bytes(args.patch + ".model")
+        after = ensure_single_pieces(before)
+        write_model(after, args.patch)
+        print(f"{args.patch}.model: {'already had' if after == before else 'now has'} "
+              f"single pieces {', '.join(SINGLE_PIECES)}")
+        return
+    if not args.input or not args.output:
+        parser.error("--input and --output are required (or --patch=PREFIX)")
     if args.vocab_size <= special_tokens.NUM_RESERVED:
         parser.error(f"--vocab_size must exceed the {special_tokens.NUM_RESERVED} reserved ids")
     try:

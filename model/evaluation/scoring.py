@@ -225,7 +225,7 @@ def covering_prefixes(continuations: Sequence[Sequence[int]]) -> list[tuple[int,
 
     Continuation c is covered by a row ending in prefix p when c[:-1] is a prefix of p
     (its tokens are then all predicted at positions of that row). Returns the maximal
-    c[:-1] under the prefix order, e.g. for MMLU's [[276, 336], [980], [1611], [276, 900]]
+    c[:-1] under the prefix order, e.g. for [[276, 336], [980], [1611], [276, 900]]
     just [(276,)]: one row scores all four choices.
     """
     needs = sorted({tuple(c[:-1]) for c in continuations}, key=len, reverse=True)
