@@ -246,7 +246,13 @@ class Trainer:
 
     # ------------------------------------------------------------- jitted fns
     def jit_train_step(self, batch: Batch) -> Callable:
-        """train_step jitted with state/batch shardings and the state donated."""
+        """train_step jitted with state/batch shardings and the state donated.
+
+        A model with long-range memory gets model/nn/memory_train.py's step, which
+        carries each row's memory to the next batch."""
+        if getattr(getattr(self.model, "config", None), "memory", None) is not None:
+            from model.nn.memory_train import memory_train_step  # pylint: disable=import-outside-toplevel
+            return memory_train_step(self, batch)
         state_sh = self.state_shardings(batch)
         batch_sh = self.partitioner.batch_shardings(batch)
         return self.partitioner.jit(self.train_step, in_shardings=(state_sh, batch_sh),
