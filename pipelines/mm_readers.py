@@ -25,7 +25,8 @@ Kinds (`--kind`):
     librispeech      LibriSpeech layout <split>/<spk>/<chapter>/*.flac + *.trans.txt (a directory: its *.trans.txt)
     speech_manifest  JSONL {"audio", "text"}
     activitynet_qa   ActivityNet-QA *_q.json (answers from the matching *_a.json, joined on question_id)
-    nextqa           NExT-QA CSV (video, question, answer, qid, type, a0..a4)
+    nextqa           NExT-QA CSV (video, question, answer, qid, type, a0..a4); id
+                     "nextqa:<video>:<qid>:<type>" (the question type kept for per-type scores)
     text             plain text (one document per file) or JSONL {"text"} (pipelines.text_io)
 Line-oriented kinds (the JSONL kinds, LibriSpeech transcripts, JSONL text) are
 read in byte ranges by the Beam job (text_io.ReadRanges). Paths inside a manifest
@@ -234,6 +235,9 @@ def _nextqa_row(row: dict, path: str, where: str, base: str, opts: ReaderOptions
     except (KeyError, ValueError, IndexError, TypeError) as e:
         return _error(doc_id, "nextqa", "bad_record", f"{where}: {e}")
     listed = " ".join(f"({l}) {o}" for l, o in zip("abcde", options))
+    qtype = row.get("type", "").strip()
+    if qtype:  # NExT-QA's question type (CW, TN, DC, ...) rides in the id, into the cache
+        doc_id = f"{doc_id}:{qtype}"
     return {"id": doc_id, "source": "nextqa",
             "parts": [{"video": _video_path(video, "nextqa", base, opts)},
                       {"text": f"question: {question}?\noptions: {listed}\nanswer:"},

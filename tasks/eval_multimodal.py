@@ -9,7 +9,7 @@ import gin
 import numpy as np
 
 from tasks.eval_tokens import detokenizer
-from tasks.eval_video_qa import parse_choices
+from tasks.eval_video_qa import parse_choices, question_type
 
 
 _MEDIA_KEYS = ("images", "image_mask", "audio", "audio_lengths", "videos", "video_lengths")
@@ -59,6 +59,9 @@ def multimodal_prompts(task_name: str = gin.REQUIRED, split: str = "validation",
         text = decode([t for t in prompt if t >= 19])  # text pieces only (no media ids)
         shown = readable_prompt(prompt, decode)
         meta = {"source": ex["source"].decode("utf-8")}
+        qtype = question_type(meta["source"], ex["source_id"].decode("utf-8"))
+        if qtype:
+            meta["type"] = qtype  # per-type accuracy (model/evaluation/video_qa.py)
         options, label = parse_choices(text, answer)
         if options:
             meta["options"], meta["label"] = options[:num_choices], label

@@ -1,4 +1,4 @@
-"""Video QA eval inputs: options and answer of a multiple-choice prompt."""
+"""Video QA eval inputs: options and answer of a multiple-choice prompt, question types."""
 from __future__ import annotations
 
 
@@ -16,3 +16,14 @@ def parse_choices(prompt_text: str, answer: str) -> tuple[list[str], int]:
     m = re.match(r"\s*\(([a-z])\)", answer)
     label = letters.index(m.group(1)) if m and m.group(1) in letters else -1
     return options, label
+
+
+def question_type(source: str, source_id: str) -> str | None:
+    """The question type a cached video-QA example carries, or None: NExT-QA's (CW, TN,
+    DC, ...) is the last field of its id, "nextqa:<video>:<qid>:<type>"
+    (pipelines/mm_readers.read_nextqa)."""
+    if source == "nextqa":
+        parts = source_id.split(":")
+        if len(parts) == 4 and parts[3]:
+            return parts[3]
+    return None

@@ -1,4 +1,5 @@
-"""Eval inputs read from caches written by the real Beam jobs (speech, captions, text)."""
+"""Eval inputs read from caches written by the real Beam jobs (speech, video QA, text)."""
+import csv
 import json
 
 import apache_beam as beam
@@ -9,11 +10,13 @@ from pipelines import preprocess_multimodal as job, preprocess_text, special_tok
 from pipelines.media_config import MediaConfig
 from tasks import eval_inputs, multimodal
 from tests.test_pipelines_interleave import VOCAB
-from tests.test_pipelines_media import _wav
+from tests.test_pipelines_media import _wav, make_video
 
 pytestmark = pytest.mark.slow  # builds caches with the real Beam jobs
 
 CFG = MediaConfig(image_size=32, image_patch_size=16, max_audio_seconds=2.0)
+VIDEO_CFG = MediaConfig(video_frame_size=16, video_patch_size=8, max_video_frames=2)
+NEXTQA_TYPES = ("CW", "TN", "CW", "DC")
 BOOK = "It was the best of times, it was the worst of times.\n" * 30
 
 
@@ -27,12 +30,22 @@ def cache_dir(tmp_path_factory):
     (d / "speech.jsonl").write_text("".join(
         json.dumps({"audio": f"s{i}.wav", "text": f"seven {i} nine"}) + "\n" for i in range(3)))
     (d / "book.txt").write_text(BOOK)
+    (d / "v.mp4").write_bytes(make_video(1.0))
+    with open(d / "nextqa.csv", "w", newline="") as f:  # NExT-QA's columns
+        w = csv.writer(f)
+        w.writerow(["video", "frame_count", "width", "height", "question", "answer", "qid",
+                    "type", "a0", "a1", "a2", "a3", "a4"])
+        for i, qtype in enumerate(NEXTQA_TYPES):
+            w.writerow(["v", 10, 48, 32, f"why {i}", i % 5, i, qtype, "a", "b", "c", "d", "e"])
     cache = str(d / "cache")
     options = beam.options.pipeline_options.PipelineOptions(
         ["--runner=apache_beam.runners.portability.fn_api_runner.FnApiRunner"])
     with beam.Pipeline(options=options) as p:
         _ = p | job.PreprocessMultimodal("speech_manifest", [str(d / "speech.jsonl")], cache,
                                          multimodal.task_name("speech_manifest"), CFG, vocab=VOCAB)
+        _ = p | "nextqa" >> job.PreprocessMultimodal(
+            "nextqa", [str(d / "nextqa.csv")], cache, multimodal.task_name("nextqa"), VIDEO_CFG,
+            vocab=VOCAB, reader_options=job.mm_readers.ReaderOptions(video_dir=str(d)))
         preprocess_text.build(p, [str(d / "book.txt")], cache, "tapestry_text", VOCAB,
                               max_chars=400, validation_fraction=0.5)
     return cache
@@ -87,3 +100,23 @@ def test_speech_prompts_decode_through_the_model_into_a_wer_report(cache_dir, tm
     assert m["wer"] >= 0 and len(m["per_utterance_wer"]) == 3
     lines = (tmp_path / "samples_asr.jsonl").read_text().splitlines()
     assert len(lines) == 3 and all("output" in json.loads(l) for l in lines)
+
+
+def test_nextqa_question_types_reach_per_type_accuracy(cache_dir):
+    """The question type is kept through the cache: the prompts carry it, and the
+    multiple-choice score is reported per type and per type group."""
+    from model.evaluation import generation
+    recs = eval_inputs.multimodal_prompts(
+        "tapestry_mm_nextqa", split="train", cache_dirs=[cache_dir], max_videos=1,
+        video_frames=2, video_frame_size=16)
+    assert sorted(r["meta"]["type"] for r in recs) == sorted(NEXTQA_TYPES)
+    # Right answers to the causal (C*) questions, none to the others.
+    samples = [{"sample_id": r["sample_id"], "target": r["answer"], "meta": r["meta"],
+                "output": r["answer"] if r["meta"]["type"].startswith("C") else "no idea"}
+               for r in recs]
+    suite = generation.GenerationSuite(inputs_fn=list, name="mc", metric="multiple_choice")
+    m = suite._score(samples)
+    assert {t: (v["acc"], v["n"]) for t, v in m["per_type"].items()} == \
+        {"CW": (1.0, 2), "TN": (0.0, 1), "DC": (0.0, 1)}
+    assert m["per_type_group"]["causal"]["acc"] == 1.0
+    assert m["per_type_group"]["temporal"]["n"] == m["per_type_group"]["descriptive"]["n"] == 1
