@@ -85,6 +85,11 @@ def test_limit_is_lm_evals():
                           limit=-1)
 
 
+def test_limit_flag_is_checked_before_anything_runs(capsys):
+    assert eval_lib.main(["--limit=-2", "--gin_file=gin/runs/eval.gin"]) == 2
+    assert "limit must be positive" in capsys.readouterr().err
+
+
 def _records(n_context):
     def rec(subject, i, label):
         return {"sample_id": f"{subject}/{i}", "doc_id": i, "subject": subject, "label": label,
