@@ -6,6 +6,8 @@ Backends (gin: `model_config.overrides = {'attention_backend': ...}`):
   'blockwise' pure-JAX flash attention (model/blockwise_attention.py): memory
               linear in length, recomputation in the backward pass; any device.
   'cudnn'     jax.nn.dot_product_attention(implementation='cudnn'): GPU, bf16/fp16.
+  'context'   context parallelism (model/nn/context_parallel.py): the row split over
+              the mesh's 'context' axis; ring or all-gathered K/V.
 
 Modes: 'full' (training / scoring), 'prefill' (full pass that also writes the KV
 cache), 'step' (one new token per row at its own position, reading the cache).
@@ -22,6 +24,7 @@ import jax.numpy as jnp
 from model.blockwise_attention import blockwise_attention
 from model.layers import DenseGeneral, Dtype, apply_rope, constrain
 from model.nn import memory_attention
+from model.nn.context_parallel import context_parallel_attention
 
 MODES = ("full", "prefill", "step")
 
@@ -126,6 +129,8 @@ class Attention(nn.Module):
                                        block_kv=self.block_kv)
         if self.backend == "cudnn":
             return cudnn_attention(q, k, v, segment_ids)
+        if self.backend == "context":  # one sequence split over the mesh's 'context' axis
+            return context_parallel_attention(q, k, v, segment_ids)
         return xla_attention(q, k, v, segment_causal_mask(segment_ids))
 
     def _cache_vars(self, b: int, dtype):

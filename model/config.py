@@ -30,7 +30,7 @@ AUDIO_ID, BEGIN_AUDIO_ID, END_AUDIO_ID = 6, 7, 8
 VIDEO_ID, BEGIN_VIDEO_ID, END_VIDEO_ID = 9, 10, 11
 PLACEHOLDER_IDS = {"image": IMAGE_ID, "audio": AUDIO_ID, "video": VIDEO_ID}
 
-ATTENTION_BACKENDS = ("xla", "blockwise", "cudnn")
+ATTENTION_BACKENDS = ("xla", "blockwise", "cudnn", "context")  # context: model/nn/context_parallel.py
 DISPATCH_MODES = ("capacity", "dropless")
 # Rematerialisation of each decoder layer in training (model/transformer.py maps the
 # names to jax.checkpoint policies): 'none' keeps every activation; 'full' and

@@ -32,6 +32,8 @@ import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 MESH_AXES = ("data", "expert", "model")
+# Optional 4th mesh axis: one sequence split over it (model/nn/context_parallel.py).
+CONTEXT_AXIS = "context"
 BATCH_AXES = ("data", "expert")
 
 # Logical name -> mesh axis (or axes, or None). Overridable from gin.
@@ -108,9 +110,10 @@ def _env_int(name: str) -> int | None:
 def resolve_mesh_shape(mesh_shape: Sequence[int], num_devices: int) -> tuple[int, ...]:
     """Replaces a single -1 with the remaining device count; validates the product."""
     shape = tuple(int(s) for s in mesh_shape)
-    if len(shape) != len(MESH_AXES):
+    if len(shape) not in (len(MESH_AXES), len(MESH_AXES) + 1):
         raise ValueError(f"mesh_shape={shape} must have {len(MESH_AXES)} entries for axes "
-                         f"{MESH_AXES}, e.g. (-1, 1, 1)")
+                         f"{MESH_AXES}, e.g. (-1, 1, 1), or 4 with a last "
+                         f"{CONTEXT_AXIS!r} axis (context parallelism)")
     if shape.count(-1) > 1 or any(s == 0 or s < -1 for s in shape):
         raise ValueError(f"mesh_shape={shape}: sizes must be positive, with at most one -1")
     known = math.prod(s for s in shape if s != -1)
@@ -147,11 +150,12 @@ class Partitioner:
                 raise ValueError(f"num_devices={num_devices}, but {len(devices)} are available")
             devices = devices[:num_devices]
         shape = resolve_mesh_shape(mesh_shape, len(devices))
+        axes_names = MESH_AXES + ((CONTEXT_AXIS,) if len(shape) > len(MESH_AXES) else ())
         for name, axes in logical_axis_rules:
             for axis in (axes if isinstance(axes, (tuple, list)) else (axes,)):
-                if axis is not None and axis not in MESH_AXES:
+                if axis is not None and axis not in axes_names:
                     raise ValueError(f"logical_axis_rules: {name!r} -> {axis!r}; mesh axes "
-                                     f"are {MESH_AXES} (or None)")
+                                     f"are {axes_names} (or None)")
         self.rules = tuple((name, tuple(a) if isinstance(a, list) else a)
                            for name, a in logical_axis_rules)
         self.fsdp = fsdp
@@ -160,7 +164,7 @@ class Partitioner:
         if len(devices) == jax.device_count() and jax.process_count() > 1:
             from jax.experimental import mesh_utils  # topology-aware order on pods
             device_array = mesh_utils.create_device_mesh(shape, devices=devices)
-        self.mesh = Mesh(device_array, MESH_AXES)
+        self.mesh = Mesh(device_array, axes_names)
 
     # ----------------------------------------------------------------- sizes
     @property
@@ -247,13 +251,18 @@ class Partitioner:
         return NamedSharding(self.mesh, P(BATCH_AXES))
 
     def batch_shardings(self, batch: dict[str, Any]) -> dict[str, NamedSharding]:
-        return {k: self.batch_sharding() for k in batch}
+        """Rows over the batch axes; with a 'context' axis, [B, L] arrays also split L."""
+        if self.mesh.shape.get(CONTEXT_AXIS, 1) == 1:
+            return {k: self.batch_sharding() for k in batch}
+        seq = NamedSharding(self.mesh, P(BATCH_AXES, CONTEXT_AXIS))
+        return {k: seq if len(v.shape) == 2 else self.batch_sharding() for k, v in batch.items()}
 
     def shard_batch(self, local_batch: dict[str, np.ndarray]) -> dict[str, jax.Array]:
         """This host's rows (global / process_count) -> globally sharded jax.Arrays."""
         if jax.process_count() == 1:  # one batched transfer: about half the host time
             return jax.device_put(local_batch, self.batch_shardings(local_batch))
-        return {k: jax.make_array_from_process_local_data(self.batch_sharding(), v)
+        shardings = self.batch_shardings(local_batch)
+        return {k: jax.make_array_from_process_local_data(shardings[k], v)
                 for k, v in local_batch.items()}
 
     # ------------------------------------------------------------------- jit
