@@ -136,3 +136,19 @@ def test_retrofit_updates_only_retro_params(model_and_params):
             assert norm > 0, key
         else:
             assert norm == 0, key
+
+
+def test_gin_experiments_build_the_retro_model():
+    import gin
+    from model import train as train_lib  # noqa: F401  (registers train and its configurables)
+    gin.clear_config()
+    try:
+        gin.parse_config_files_and_bindings(["gin/experiments/retrofit.gin"], [
+            "MODEL_DIR='/tmp/unused'", "CACHE_DIR='/tmp/unused'", "TRAIN_STEPS=10"],
+            skip_unknown=False)
+        model = gin.query_parameter("train.model").scoped_configurable_fn()
+        assert isinstance(model, retro.RetroDecoderModel)
+        assert model.retro.layers_for(model.config) == (2, 4)
+        assert gin.query_parameter("train.optimizer_fn").selector == "retrofit_adamw"
+    finally:
+        gin.clear_config()
