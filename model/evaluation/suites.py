@@ -16,7 +16,6 @@ import time
 from typing import Any, Callable, Mapping, Sequence
 
 import gin
-import numpy as np
 
 from model import fs
 from model.evaluation import lm as lm_metrics
