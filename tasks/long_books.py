@@ -61,9 +61,13 @@ def read_books(cache_dirs: Sequence[str] = (), task: str = text.TEXT_TASK,
         seqio.add_global_cache_dirs(list(cache_dirs))
     text.register_text_task(task)
     chunks: dict[str, list[tuple[int, np.ndarray, str]]] = collections.defaultdict(list)
+    task_obj = seqio.get_mixture_or_task(task)
     for split in splits:
-        ds = seqio.get_mixture_or_task(task).get_dataset(
-            None, split=split, use_cached=True, shuffle=False, num_epochs=1)
+        cache_dir = task_obj.cache_dir
+        if cache_dir and not tf.io.gfile.exists(f"{cache_dir}/info.{split}.json"):
+            continue  # e.g. a cache written with --validation_fraction=0 has no validation
+        ds = task_obj.get_dataset(None, split=split, use_cached=True, shuffle=False,
+                                  num_epochs=1)
         for ex in ds.as_numpy_iterator():
             doc, _, idx = ex["source_id"].decode().rpartition("#")
             ids = np.asarray(ex["targets"], np.int32)
@@ -112,6 +116,19 @@ def register_long_books_task(cache_dirs: Sequence[str] = (),
                                                   dtype=tf.int32)})
 
 
+def split_for_rows(books: Sequence[np.ndarray], num_rows: int) -> list[np.ndarray]:
+    """Fewer books than rows: halve the longest until every row has a piece (each piece
+    is then read as a document of its own: its own id, positions from 0)."""
+    books = list(books)
+    while books and len(books) < num_rows:
+        i = int(np.argmax([len(b) for b in books]))
+        half = len(books[i]) // 2
+        if half < 1:
+            break
+        books[i:i + 1] = [books[i][:half], books[i][half:]]
+    return books
+
+
 def book_rows(books: Sequence[Sequence[int]], num_rows: int) -> list[list[int]]:
     """Book indices per row: each book goes to the row with the fewest tokens so far."""
     rows: list[list[int]] = [[] for _ in range(num_rows)]
@@ -146,7 +163,9 @@ def segment_batches(books: Sequence[np.ndarray], num_rows: int, segment_len: int
                     epochs: int | None = 1, rows: Sequence[int] | None = None
                     ) -> Iterator[dict[str, np.ndarray]]:
     """Batches [len(rows), segment_len] of the row layout above (all rows by default);
-    ends when every row has run out (padding: segment id 0, weight 0)."""
+    ends when every row has run out (padding: segment id 0, weight 0). With fewer books
+    than rows, books are first cut into contiguous pieces (split_for_rows)."""
+    books = split_for_rows(books, num_rows)
     layout = book_rows(books, num_rows)
     rows = list(range(num_rows)) if rows is None else list(rows)
     streams = [_row_stream(books, layout[r], epochs, len(books)) for r in rows]
@@ -207,3 +226,13 @@ def long_book_batches(cfg: Any, shard_id: int = 0, num_shards: int = 1, start_ba
     it = segment_batches([b.tokens for b in books], cfg.batch_size,
                          int(cfg.task_feature_lengths["targets"]), epochs, rows)
     return _Batches(it, start)
+
+
+@gin.configurable
+def held_out_books(cache_dirs: Sequence[str] = (), held_out: Sequence[str] = DEFAULT_HELD_OUT
+                   ) -> list[dict[str, Any]]:
+    """The held-out books for model/nn/memory_eval.py's evaluate_memory (gin: books_fn):
+    [{"name", "tokens", "num_bytes", "num_words"}] (bytes and words of the exact text)."""
+    _, held = split_books(read_books(cache_dirs), held_out)
+    return [{"name": b.name, "tokens": b.tokens, "num_bytes": b.num_bytes,
+             "num_words": b.num_words} for b in held]

@@ -39,6 +39,9 @@ def test_book_rows_continue_across_batches():
             np.testing.assert_array_equal(tgt[sel], np.append(books[i], 1))
             np.testing.assert_array_equal(inp[sel], np.append(0, books[i]))
             np.testing.assert_array_equal(pos[sel], np.arange(len(books[i]) + 1))
+    # Fewer books than rows: contiguous pieces, every row busy.
+    one = next(segment_batches(books[:1], 2, T))
+    np.testing.assert_array_equal(one["decoder_target_tokens"][1, :T], books[0][15:15 + T])
     # A second epoch gives the same books new ids (memory never spans epochs).
     two = list(segment_batches(books, 2, T, epochs=2))
     assert np.max(np.concatenate([b["decoder_segment_ids"] for b in two])) > 4

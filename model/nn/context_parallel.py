@@ -82,6 +82,7 @@ def ring_attention(q, k, v, seg, axis: str, n: int):
     qg = q.reshape(b, t, kh, nh // kh, h).astype(jnp.float32)
     perm = [(j, (j + 1) % n) for j in range(n)]
 
+    @jax.checkpoint  # the backward pass recomputes each block's scores: O(t) saved per step
     def body(s, carry):
         m, l, acc, k, v, kseg = carry
         src = (i - s) % n  # the shard this K/V block came from

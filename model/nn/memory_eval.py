@@ -15,13 +15,17 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import json
 import math
 from typing import Any, Sequence
 
+import gin
 import jax
 import jax.numpy as jnp
 import numpy as np
 
+from model import eval as eval_lib
+from model import fs
 from model.config import EOS_ID
 from model.nn.memory import empty_memory
 
@@ -103,3 +107,34 @@ def evaluate_books(model: Any, params: Any, books: Sequence[np.ndarray], segment
     logp = np.concatenate(scores, axis=1)
     nll = [-logp[r, :len(b) + 1] for r, b in enumerate(books)]
     return BookEval(nll, int(sum(num_bytes)), int(sum(num_words)))
+
+
+@gin.configurable
+def evaluate_memory(*, model: Any = gin.REQUIRED, books_fn: Any = gin.REQUIRED,
+                    checkpoint_path: str | None = gin.REQUIRED, output_dir: str = gin.REQUIRED,
+                    segment_len: int = gin.REQUIRED, step: int | None = None,
+                    position_edges: Sequence[int] = (0, 128, 512, 2048, 8192, 32768, 131072,
+                                                     1 << 30)) -> dict[str, Any]:
+    """Whole-book eval of a checkpoint (None: untrained) on `books_fn()` (a list of dicts
+    tokens / num_bytes / num_words / name, e.g. tasks/long_books.py:held_out_books), with
+    memory carried and, for a memory model, without; writes output_dir/memory_eval.json."""
+    params, step = eval_lib.load_params(model, checkpoint_path, step, 0, segment_len)
+    params = jax.device_get(params)
+    books = list(books_fn())
+    args = ([b["tokens"] for b in books], segment_len, [b["num_bytes"] for b in books],
+            [b["num_words"] for b in books])
+    runs = {"memory": evaluate_books(model, params, *args)}
+    if model.config.memory is not None:
+        runs["no_memory"] = evaluate_books(model, params, *args, memory=False)
+    out = {"step": step, "books": [b["name"] for b in books], "segment_len": segment_len,
+           "position_edges": list(position_edges)}
+    for name, r in runs.items():
+        out[name] = {"bpb": r.bpb, "word_perplexity": r.word_perplexity,
+                     "token_nll": r.token_nll, "num_tokens": r.num_tokens,
+                     "nll_by_position": r.nll_by_position(position_edges)}
+        print(f"{name}: bpb {r.bpb:.4f}, word perplexity {r.word_perplexity:.2f} over "
+              f"{r.num_tokens} tokens of {len(books)} book(s)", flush=True)
+    fs.makedirs(output_dir)
+    fs.write_text(fs.join(output_dir, "memory_eval.json"), json.dumps(out, indent=1))
+    return out
+
