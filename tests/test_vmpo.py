@@ -22,7 +22,16 @@ def rlax():
         pytest.skip(f"rlax side environment not found at {RLAX_DIR}: run "
                     "`bash tests/rlax_env.sh` (or set TAPESTRY_RLAX_ENV)")
     sys.path.append(RLAX_DIR)  # after our own packages: rlax runs on our jax
-    import rlax as module
+    # tfp's JAX substrate imports TensorFlow only to copy docstrings (~40 s); hide it
+    # unless something in this process already imported it.
+    hide_tf = "tensorflow" not in sys.modules
+    if hide_tf:
+        sys.modules["tensorflow"] = None
+    try:
+        import rlax as module
+    finally:
+        if hide_tf:
+            del sys.modules["tensorflow"]
     return module
 
 
