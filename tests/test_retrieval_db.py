@@ -1,15 +1,13 @@
-"""RETRO database job (pipelines/retrieval/): MiniLM in numpy vs transformers, chunking,
-the Beam job end to end (shards, ids, exact index), approximate-index recall."""
+"""RETRO database pieces (pipelines/retrieval/): MiniLM in numpy vs transformers, chunking,
+leakage n-grams, approximate-index recall (the Beam job end to end: test_retrieval_neighbours.py)."""
 import json
 import os
 import subprocess
 
-import apache_beam as beam
 import numpy as np
 import pytest
 
-from pipelines import beam_options
-from pipelines.retrieval import build_db, chunking, faiss_index, leakage, minilm
+from pipelines.retrieval import chunking, faiss_index, leakage, minilm
 
 HF_PYTHON = os.path.join(os.environ.get("TAPESTRY_HF_VENV",
                                         os.path.expanduser("~/.cache/tapestry/hf-env")), "bin", "python")
@@ -51,34 +49,6 @@ def test_document_chunks_and_ids():
     a = leakage.ngram_set(range(2, 40))
     assert leakage.jaccard(a, leakage.ngram_set(range(2, 40))) == 1.0
     assert leakage.jaccard(a, leakage.ngram_set(range(100, 140))) == 0.0
-
-
-def test_build_database_job(tmp_path):
-    words = "the cat sat on a mat while dogs ran over green hills and old bridges".split()
-    rng = np.random.default_rng(0)
-    docs = tmp_path / "docs"
-    docs.mkdir()
-    for d in range(3):
-        (docs / f"doc{d}.txt").write_text(" ".join(rng.choice(words, 60)))
-    db_dir = str(tmp_path / "db")
-    options = beam_options.pipeline_options(["--runner=FnApiRunner"])
-    with beam.Pipeline(options=options) as p:
-        _ = p | build_db.BuildDatabase([str(docs)], db_dir, chunk_len=16, num_shards=2)
-    db = build_db.load_database(db_dir)
-    n = db["num_chunks"]
-    assert n == len(db["chunk_ids"]) == db["index"].ntotal > 6
-    assert db["index_factory"] == "IDMap2,Flat"  # small: exact
-    assert len(set(db["chunk_ids"].tolist())) == n and set(db["doc_ids"]) == {
-        "doc0.txt", "doc1.txt", "doc2.txt"}
-    # A chunk's continuation is the next chunk of its document.
-    for doc in ("doc0.txt", "doc1.txt"):
-        rows = {int(c): i for i, c in enumerate(db["chunk_ids"])}
-        first, second = rows[chunking.chunk_id(doc, 0)], rows[chunking.chunk_id(doc, 1)]
-        np.testing.assert_array_equal(db["continuations"][first], db["tokens"][second])
-    np.testing.assert_allclose(np.linalg.norm(db["embeddings"], axis=1), 1.0, atol=1e-5)
-    # Exact index: every key finds its own chunk first.
-    _, found = db["index"].search(db["embeddings"], 1)
-    assert (found[:, 0] == db["chunk_ids"]).mean() > 0.9  # duplicates of short random text may tie
 
 
 @pytest.mark.parametrize("kind,min_recall", [("hnsw", 0.9), ("ivfpq", 0.2)])

@@ -1,10 +1,10 @@
-"""RETRO neighbour job end to end: database -> neighbours -> the cached task's batches."""
+"""RETRO jobs end to end: database (shards, ids, exact index) -> neighbours -> the cached task's batches."""
 import apache_beam as beam
 import numpy as np
 import pytest
 
 from pipelines import beam_options
-from pipelines.retrieval import build_db, neighbours
+from pipelines.retrieval import build_db, chunking, neighbours
 
 M, L, K = 8, 32, 2
 
@@ -29,6 +29,22 @@ def retro_cache(tmp_path_factory):
         _ = p | neighbours.PrecomputeNeighbours([str(docs)], db_dir, cache_dir, "retro_test",
                                                 seq_len=L, num_neighbours=K, num_shards=2)
     return db_dir, cache_dir
+
+
+def test_database_job(retro_cache):
+    db = build_db.load_database(retro_cache[0])
+    n = db["num_chunks"]
+    assert n == len(db["chunk_ids"]) == db["index"].ntotal > 12
+    assert db["index_factory"] == "IDMap2,Flat"  # small: exact
+    assert len(set(db["chunk_ids"].tolist())) == n
+    assert set(db["doc_ids"]) == {f"doc{d}.txt" for d in range(6)}
+    rows = {int(c): i for i, c in enumerate(db["chunk_ids"])}
+    for doc in ("doc0.txt", "doc1.txt"):  # a chunk's continuation is its document's next chunk
+        first, second = rows[chunking.chunk_id(doc, 0)], rows[chunking.chunk_id(doc, 1)]
+        np.testing.assert_array_equal(db["continuations"][first], db["tokens"][second])
+    np.testing.assert_allclose(np.linalg.norm(db["embeddings"], axis=1), 1.0, atol=1e-5)
+    _, found = db["index"].search(db["embeddings"], 1)  # exact: each key finds its own chunk
+    assert (found[:, 0] == db["chunk_ids"]).mean() > 0.9  # repeated short random text may tie
 
 
 def test_neighbours_never_from_the_same_document(retro_cache):
