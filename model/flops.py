@@ -39,6 +39,8 @@ def _layer_params(cfg: TransformerConfig, moe_layer: bool) -> tuple[int, int, in
     """(total, active, active matmul) parameters of one decoder layer."""
     d, n, k, h = cfg.d_model, cfg.num_heads, cfg.num_kv_heads, cfg.head_dim
     attn = d * n * h + d * 2 * k * h + n * h * d
+    if cfg.block_type == "gtrxl":  # two gates per layer, [D, D] matrices (model/nn/gating.py)
+        attn += 2 * d * d * {"gru": 6, "sigmoid_tanh": 2}.get(cfg.gate, 1)
     norms = d if cfg.parallel_block else 2 * d
     if not moe_layer:
         ffn = 3 * d * cfg.d_ff

@@ -78,3 +78,16 @@ def test_block_type_validation_names_the_fix():
         model_config("tiny", {"block_type": "trxl_i", "parallel_block": True})
     with pytest.raises(ValueError, match="gate='lstm'"):
         model_config("tiny", {"gate": "lstm"})
+
+
+@pytest.mark.parametrize("gate", ["gru", "sigmoid_tanh", "highway"])
+def test_param_counts_include_the_gates(gate):
+    from model import flops
+    cfg = model_config("tiny", dict(d_model=D, num_layers=2, num_heads=2, num_kv_heads=1,
+                                    head_dim=16, d_ff=64, vocab_size=64, max_len=16,
+                                    block_type="gtrxl", gate=gate, image=None, video=None,
+                                    audio=None))
+    batch = {"decoder_input_tokens": jnp.zeros((1, 8), jnp.int32)}
+    shapes = jax.eval_shape(DecoderOnlyModel(cfg).init, jax.random.key(0), batch)
+    n = sum(x.size for x in jax.tree.leaves(nn.meta.unbox(shapes)))
+    assert flops.param_counts(cfg)[0] == n
