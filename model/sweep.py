@@ -39,6 +39,9 @@ def main(argv: Sequence[str] | None = None) -> int:
                    help="vocabulary and attention settings (media dropped)")
     p.add_argument("--count", choices=shapes.COUNTS, default="non_embedding",
                    help="the N of the fits")
+    p.add_argument("--flops", choices=sweep_lib.FLOP_RULES, default="6nd",
+                   help="tokens per point: budget / 6N, or budget / exact training FLOPs "
+                        "per token (model/flops.py), which equalises real compute")
     p.add_argument("--seq_len", type=int, default=128)
     p.add_argument("--batch_size", type=int, default=8)
     p.add_argument("--parallel", type=int, default=1, help="points trained at once")
@@ -54,18 +57,21 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         points = sweep_lib.plan_points(budgets, args.sizes, base, seq_len=args.seq_len,
                                        batch_size=args.batch_size, spread=args.spread,
-                                       count=args.count)
+                                       count=args.count, flops=args.flops)
     except ValueError as e:
         p.error(str(e))
     fs.makedirs(args.out)
     rows = sweep_lib.run_points(points, args.out, args.gin_file, args.preset,
                                 parallel=args.parallel, extra_bindings=args.gin_binding)
     fits = report.fit_and_report(rows, args.out, {"budgets": args.budgets, "sizes": args.sizes,
-                                                  "preset": args.preset, "count": args.count},
+                                                  "preset": args.preset, "count": args.count,
+                                                  "flops": args.flops},
                                  bootstrap=args.bootstrap)
     a2, a3 = fits["approach2"], fits["approach3"]
     print(f"Approach 2: a = {a2['a']:.3f} {a2['a_interval']}; Approach 3: "
           f"{a3['law']} a-interval {a3['interval'].get('a')}")
+    for note in fits.get("caveats", []):
+        print(f"caveat: {note}")
     print(f"report: {fs.join(args.out, 'report.html')}")
     return 0
 

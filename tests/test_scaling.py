@@ -15,7 +15,7 @@ from model import flops as flops_lib
 from model import plan
 from model.config import model_config
 from model.models import DecoderOnlyModel
-from model.scaling import fit, laws, shapes
+from model.scaling import fit, laws, report, shapes, sweep
 
 TABLE3 = laws.TABLE3
 
@@ -77,8 +77,36 @@ def test_approach2_finds_the_law_exponent():
     assert got.a == pytest.approx(a, abs=0.02)
     lo, hi = got.a_interval
     assert lo < got.a < hi and hi - lo < 0.1
+    assert got.unbracketed == [] and report.caveats([], got) == []
     with pytest.raises(ValueError, match=">= 3 sizes"):
         fit.isoflop_profile(1e18, n[:2], loss[:2])
+
+
+def test_sizes_that_miss_the_minimum_are_reported_as_a_bound():
+    """Losses that fall with N at every budget (the smallest sweep sizes of a CPU demo
+    often do): no interior vertex, so the exponent is a bound and the report says so."""
+    n, d, c, loss = _synthetic_runs(laws.HOFFMANN, [1e18, 1e19], np.random.default_rng(0))
+    small = n < np.array([laws.HOFFMANN.optimal(b)[0] for b in c])  # left arm only
+    got = fit.fit_approach2(c[small], n[small], loss[small])
+    assert got.unbracketed == [1e18, 1e19]
+    assert [p.n_opt for p in got.profiles] == pytest.approx(
+        [n[small][c[small] == b].max() for b in (1e18, 1e19)])
+    rows = [{"budget": b, "flops_exact": f} for b, f in ((1e18, 1e18), (1e18, 9e18), (1e19, 1e19))]
+    notes = report.caveats(rows, got)
+    assert "a is not determined" in notes[0] and "--flops=exact" in notes[1]
+
+
+def test_exact_flop_rule_gives_every_size_of_a_budget_the_same_real_compute():
+    base = dataclasses.replace(model_config("tiny"), image=None, video=None, audio=None)
+    kw = dict(seq_len=128, batch_size=8, spread=3.0)
+    spread = {}
+    for rule in ("6nd", "exact"):
+        points = sweep.plan_points([5e12], 5, base, flops=rule, **kw)
+        real = [flops_lib.flops_per_token(p.cfg, p.seq_len) * p.tokens for p in points]
+        spread[rule] = max(real) / min(real)
+    assert spread["6nd"] > 2.0 and spread["exact"] < 1.1, spread
+    with pytest.raises(ValueError, match="choose one of"):
+        sweep.plan_points([5e12], 5, base, flops="7nd", **kw)
 
 
 @pytest.mark.real_data

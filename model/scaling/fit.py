@@ -197,6 +197,7 @@ class IsoFlopProfile:
     coeffs: tuple[float, float, float]
     n_opt: float
     num_points: int
+    bracketed: bool = True  # a convex parabola with its vertex inside the sampled sizes
 
 
 @dataclasses.dataclass(frozen=True)
@@ -211,9 +212,15 @@ class Approach2Fit:
     def n_opt(self, flops: float) -> float:
         return self.k * flops ** self.a
 
+    @property
+    def unbracketed(self) -> list[float]:
+        """Budgets whose N_opt is only a bound (their sizes miss the loss minimum)."""
+        return [p.flops for p in self.profiles if not p.bracketed]
+
     def as_dict(self) -> dict:
         return {"a": self.a, "k": self.k, "b": self.b, "a_stderr": self.a_stderr,
                 "a_interval": list(self.a_interval) if self.a_interval else None,
+                "unbracketed_budgets": self.unbracketed,
                 "profiles": [dataclasses.asdict(p) for p in self.profiles]}
 
 
@@ -223,11 +230,12 @@ def isoflop_profile(flops: float, n: np.ndarray, loss: np.ndarray) -> IsoFlopPro
         raise ValueError(f"budget {flops:.3g}: an IsoFLOP parabola needs >= 3 sizes, got {len(n)}")
     x = np.log10(n)
     c2, c1, c0 = np.polyfit(x, loss, 2)
-    if c2 <= 0:  # no minimum: the budget's sizes do not bracket the optimum
-        x_opt = x[int(np.argmin(loss))]
-    else:
-        x_opt = float(np.clip(-c1 / (2 * c2), x.min(), x.max()))
-    return IsoFlopProfile(float(flops), (float(c2), float(c1), float(c0)), float(10 ** x_opt), len(n))
+    vertex = -c1 / (2 * c2) if c2 > 0 else np.nan
+    bracketed = bool(c2 > 0 and x.min() < vertex < x.max())
+    # Without an interior minimum the best sampled size stands in (a bound, not an optimum).
+    x_opt = float(vertex) if bracketed else float(x[int(np.argmin(loss))])
+    return IsoFlopProfile(float(flops), (float(c2), float(c1), float(c0)), float(10 ** x_opt),
+                          len(n), bracketed)
 
 
 def _power_law(flops: np.ndarray, n_opt: np.ndarray) -> tuple[float, float]:

@@ -48,6 +48,29 @@ def nopt_plot(a2: fit_lib.Approach2Fit) -> bytes:
     return _png(plt, fig)
 
 
+def caveats(rows: Sequence[dict[str, Any]], a2: fit_lib.Approach2Fit) -> list[str]:
+    """What makes this sweep's exponent a bound rather than a measurement, in words."""
+    notes = []
+    if a2.unbracketed:
+        budgets = ", ".join(f"{c:.3g}" for c in a2.unbracketed)
+        notes.append(
+            f"The sizes of budget(s) {budgets} do not bracket the loss minimum (the parabola "
+            "opens downward or its vertex lies outside the sampled sizes), so their N_opt is "
+            "the best sampled size, a bound: a is not determined by this sweep. Extend the "
+            "sizes (--spread) or the budgets until each profile has an interior minimum.")
+    for c in sorted({r["budget"] for r in rows}):
+        ratios = [r["flops_exact"] / c for r in rows if r["budget"] == c and "flops_exact" in r]
+        if ratios and max(ratios) / min(ratios) > 2.0:
+            notes.append(
+                f"At budget {c:.3g} the real training FLOPs (model/flops.py) range from "
+                f"{min(ratios):.2g}x to {max(ratios):.2g}x the budget: 6ND misses the "
+                "embedding, logits and attention FLOPs that dominate at these sizes, so the "
+                "sizes did not get equal compute. Use --flops=exact (equal real compute per "
+                "budget) or --count=total (Chinchilla counts every parameter).")
+            break
+    return notes
+
+
 def fit_and_report(rows: Sequence[dict[str, Any]], out_dir: str, meta: dict[str, Any], *,
                    bootstrap: int = 200) -> dict[str, Any]:
     """Approach 2 and 3 fits of the sweep's rows; writes fits.json and report.{md,html}."""
@@ -57,20 +80,24 @@ def fit_and_report(rows: Sequence[dict[str, Any]], out_dir: str, meta: dict[str,
     loss = [r["loss"] for r in rows]
     a2 = fit_lib.fit_approach2(flops, n, loss, bootstrap=bootstrap)
     a3 = fit_lib.fit_approach3(n, d, loss, bootstrap=bootstrap)
-    fits = {"approach2": a2.as_dict(), "approach3": a3.as_dict(), "points": list(rows)}
+    notes = caveats(rows, a2)
+    fits = {"approach2": a2.as_dict(), "approach3": a3.as_dict(), "caveats": notes,
+            "points": list(rows)}
     fs.write_text(fs.join(out_dir, "fits.json"),
                   json.dumps(report_lib.finite_or_none(fits), indent=1, allow_nan=False))
     a3_exp = a3.law.compute_exponents()[0]
     a3_ci = a3.interval.get("a")
     sections = [
         report_lib.Section("Runs", tables=[report_lib.Table(
-            ("point", "budget", "N", "tokens", "steps", "loss", "seconds"),
+            ("point", "budget", "N", "tokens", "steps", "real FLOPs / budget", "loss",
+             "seconds"),
             [(r["name"], f"{r['budget']:.3g}", f"{r['n']:,}", f"{r['tokens']:,}", r["steps"],
+              f"{r['flops_exact'] / r['budget']:.2f}" if "flops_exact" in r else "",
               f"{r['loss']:.4f}", f"{r['seconds']:.0f}") for r in rows])]),
         report_lib.Section("Approach 2: IsoFLOP profiles", paragraphs=[
             f"N_opt = {a2.k:.3g} · C^a with a = {a2.a:.3f}"
             + (f" (95% bootstrap interval {a2.a_interval[0]:.3f} to {a2.a_interval[1]:.3f})"
-               if a2.a_interval else "") + f"; D_opt ∝ C^{a2.b:.3f}."],
+               if a2.a_interval else "") + f"; D_opt ∝ C^{a2.b:.3f}.", *notes],
             figures=[report_lib.Figure("isoflop", "Loss vs N per budget, with parabolas",
                                        isoflop_plot(rows, a2)),
                      report_lib.Figure("nopt", "N_opt vs C", nopt_plot(a2))]),

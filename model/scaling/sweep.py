@@ -1,7 +1,9 @@
 """IsoFLOP sweeps: one training run per (budget, model size), then the fits.
 
 A point is a shape from `model.scaling.shapes` (our presets' rules at that size),
-trained on tokens = budget / (6·N) with a cosine schedule over exactly that many
+trained on tokens = budget / (6·N) (or, with flops='exact', budget / the shape's
+training FLOPs per token from `model.flops`: embeddings, logits and attention
+included, so every size of a budget gets the same real compute) with a cosine schedule over exactly that many
 steps (Chinchilla: the cycle length matches the run). Each point trains in its own
 `python -m model.train` process under `<out>/points/<name>/`, so a sweep is resumable:
 a finished point (its `FINAL.json`) is skipped, an interrupted one resumes from its
@@ -29,6 +31,7 @@ from model.config import TransformerConfig
 from model.scaling import shapes
 
 log = logging.getLogger("tapestry.sweep")
+FLOP_RULES = ("6nd", "exact")  # how a point's tokens are derived from its budget
 
 
 @dataclasses.dataclass(frozen=True)
@@ -60,10 +63,13 @@ class Point:
 
 def plan_points(budgets: Sequence[float], sizes_per_budget: int, base: TransformerConfig, *,
                 seq_len: int, batch_size: int, spread: float = 4.0, ratio: float = 20.0,
-                count: str = "non_embedding", aspect: float = 64.0, min_steps: int = 10
-                ) -> list[Point]:
+                count: str = "non_embedding", aspect: float = 64.0, min_steps: int = 10,
+                flops: str = "6nd") -> list[Point]:
     """`sizes_per_budget` distinct shapes per budget, log-spaced over [N*/spread, N*·spread]
-    around the 20-tokens-per-parameter optimum N* = sqrt(C / 120)."""
+    around the 20-tokens-per-parameter optimum N* = sqrt(C / 120); each trained on
+    budget / (6N) tokens (flops='6nd') or budget / exact FLOPs per token ('exact')."""
+    if flops not in FLOP_RULES:
+        raise ValueError(f"flops={flops!r}: choose one of {FLOP_RULES}")
     if sizes_per_budget < 3:
         raise ValueError(f"sizes_per_budget={sizes_per_budget}: a parabola needs >= 3 sizes")
     cands = shapes.candidates(base, aspect)
@@ -78,7 +84,9 @@ def plan_points(budgets: Sequence[float], sizes_per_budget: int, base: Transform
             chosen.append(next(int(i) for i in order if int(i) not in chosen))
         for i in sorted(chosen, key=lambda i: counts[i]):
             n = int(counts[i])
-            steps = int(round(budget / (6.0 * n) / (batch_size * seq_len)))
+            per_token = (6.0 * n if flops == "6nd"
+                         else flops_lib.flops_per_token(cands[i], seq_len))
+            steps = int(round(budget / per_token / (batch_size * seq_len)))
             if steps < min_steps:
                 raise ValueError(
                     f"budget {budget:.3g} gives the {n:,}-parameter shape only {steps} steps "
