@@ -47,7 +47,7 @@ def test_attention_split_eight_ways_equals_one_device(strategy):
 
 
 def test_train_step_split_eight_ways_equals_one_device():
-    small = {"d_model": 32, "num_layers": 2, "num_heads": 4, "num_kv_heads": 2, "head_dim": 8,
+    small = {"d_model": 32, "num_layers": 1, "num_heads": 4, "num_kv_heads": 2, "head_dim": 8,
              "d_ff": 64, "vocab_size": 97, "image": None, "video": None, "audio": None}
     rs = np.random.RandomState(0)
     toks = rs.randint(2, 97, (2, L)).astype(np.int32)

@@ -68,11 +68,11 @@ def test_train_step_carries_memory(trained):
     params1 = jax.device_get(state.params)
     state, m1 = step(state, batches[1])
     # The step read the previous batch's memory: its loss is the loss with that memory.
-    loss, _, mem1 = model.loss_and_memory(params1, batches[1], mem0)
+    loss, _, mem1 = jax.jit(model.loss_and_memory)(params1, batches[1], mem0)
     np.testing.assert_allclose(float(m1["loss"]), float(loss), rtol=1e-5)
     np.testing.assert_allclose(jax.device_get(step.memory)["layer_1"]["mem"], mem1["layer_1"]["mem"],
                                atol=1e-5)
-    no_mem, _, _ = model.loss_and_memory(params1, batches[1], None)
+    no_mem, _, _ = jax.jit(model.loss_and_memory)(params1, batches[1], None)
     assert abs(float(no_mem) - float(loss)) > 1e-4
     with pytest.raises(ValueError, match="num_microbatches=1"):
         Trainer(model, adamw(learning_rate=1e-2), tr.partitioner,
