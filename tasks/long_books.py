@@ -19,7 +19,9 @@ lays books out in rows that continue from batch to batch:
           decoder_segment_ids   [[1, 1, 1, 1], [1, 1, 3, 3], ...]
           decoder_positions     [[0, 1, 2, 3], [4, 5, 0, 1], ...]
 
-`held_out` names books by the end of their document id (e.g. '11-0.txt').
+`held_out` names books by the end of their document id (e.g. '11-0.txt'). With fewer
+books than rows, the longest are cut into contiguous pieces first (each then read as a
+document of its own), so every row trains.
 """
 from __future__ import annotations
 
