@@ -21,7 +21,6 @@ from typing import Any, Sequence
 
 import gin
 import jax
-import jax.numpy as jnp
 import numpy as np
 
 from model import eval as eval_lib
