@@ -120,9 +120,13 @@ def test_retrieval_path_reaches_only_past_the_chunk_boundary():
 
 
 def test_retrofit_updates_only_retro_params(model_and_params):
+    from model.partitioning import Partitioner
+    from model.trainer import Trainer
     model, params = model_and_params
     batch = _batch()
     opt = retro.retrofit_adamw(learning_rate=1e-2)
+    # The trainer can shard its state (abstract only: no compute).
+    Trainer(model, opt, Partitioner((-1, 1, 1), num_devices=1)).abstract_state(batch)
 
     @jax.jit
     def updates_of(p):

@@ -427,23 +427,33 @@ class RetroDecoderModel(DecoderOnlyModel):
 
 
 # ------------------------------------------------------------------- RETROfit
-def retro_param_labels(params: Any) -> Any:
-    """'retro' for params under a top-level `retro_*` name, 'frozen' for the rest."""
-    def label(path, _):
-        top = getattr(path[0], "key", str(path[0]))
-        return "retro" if str(top).startswith(RETRO_PREFIX) else "frozen"
-    return jax.tree_util.tree_map_with_path(label, params)
+def zero_frozen() -> optax.GradientTransformation:
+    """Sets every non-`retro_*` leaf of the updates to 0 (state-free; keeps the tree's
+    structure, so the trainer's optimizer-state sharding rules apply unchanged)."""
+    def update(updates, state, params=None):
+        del params
+        zeroed = jax.tree_util.tree_map_with_path(
+            lambda path, u: u if _is_retro(path) else jnp.zeros_like(u), updates)
+        return zeroed, state
+
+    return optax.GradientTransformation(lambda params: optax.EmptyState(), update)
+
+
+def _is_retro(path) -> bool:
+    return str(getattr(path[0], "key", path[0])).startswith(RETRO_PREFIX)
 
 
 @gin.configurable
 def retrofit_adamw(learning_rate: optax.Schedule = gin.REQUIRED, **adamw_kwargs
                    ) -> optax.GradientTransformation:
     """RETROfit: AdamW (model.trainer.adamw, clipping included) on the CCA and encoder
-    params only; the decoder's params get zero updates (and no optimizer state).
+    params only: the decoder's gradients are zeroed before AdamW (so clipping sees only
+    the trained params) and its updates after it (so weight decay cannot move it).
+    Adam moments of the frozen params stay 0 but are allocated (the state mirrors the
+    params, as the trainer's sharding rules expect; optax.multi_transform's masked state
+    does not).
 
     gin: train.optimizer_fn = @retrofit_adamw (adamw's own bindings still apply).
     """
-    return optax.multi_transform(
-        {"retro": trainer_lib.adamw(learning_rate=learning_rate, **adamw_kwargs),
-         "frozen": optax.set_to_zero()},
-        retro_param_labels)
+    return optax.chain(zero_frozen(), trainer_lib.adamw(learning_rate=learning_rate, **adamw_kwargs),
+                       zero_frozen())
