@@ -54,23 +54,6 @@ def test_gate_formulas():
         np.testing.assert_allclose(gate.apply(p, x, y), expected, rtol=1e-5, atol=1e-6)
 
 
-def test_decoder_stack_of_gtrxl_blocks_starts_as_identity():
-    cfg = model_config("tiny", dict(d_model=D, num_layers=3, num_heads=2, num_kv_heads=1,
-                                    head_dim=16, d_ff=64, vocab_size=64, max_len=16,
-                                    block_type="gtrxl", gate_bias=30.0, image=None,
-                                    video=None, audio=None))
-    model = DecoderOnlyModel(cfg)
-    tokens = jnp.arange(16, dtype=jnp.int32).reshape(2, 8) + 12
-    batch = {"decoder_input_tokens": tokens, "decoder_target_tokens": tokens}
-    params = model.init(jax.random.key(0), batch)
-    assert "attention_gate" in params["layer_2"] and "ffn_gate" in params["layer_0"]
-    params = nn.meta.unbox(params)
-    hidden, _ = model._hidden(params, batch, train=False)
-    emb = jnp.take(params["embed"]["embedding"], tokens, axis=0)
-    normed = emb * jax.lax.rsqrt(jnp.mean(emb ** 2, -1, keepdims=True) + cfg.norm_eps)
-    np.testing.assert_allclose(hidden, normed, atol=1e-5)
-
-
 def test_block_type_validation_names_the_fix():
     with pytest.raises(ValueError, match="did you mean 'gtrxl'"):
         model_config("tiny", {"block_type": "gtrxI"})
@@ -91,3 +74,33 @@ def test_param_counts_include_the_gates(gate):
     shapes = jax.eval_shape(DecoderOnlyModel(cfg).init, jax.random.key(0), batch)
     n = sum(x.size for x in jax.tree.leaves(nn.meta.unbox(shapes)))
     assert flops.param_counts(cfg)[0] == n
+
+
+def test_gtrxl_with_transformer_xl_memory_equals_full_context():
+    """Segment by segment with a Transformer-XL memory of the previous 2 segments gives
+    the full-context logits (the memory issue's recurrence, through gated blocks)."""
+    from model.nn.memory import empty_memory
+    small = dict(d_model=32, num_layers=2, num_heads=4, num_kv_heads=2, head_dim=8, d_ff=64,
+                 vocab_size=97, image=None, video=None, audio=None, attention_backend="xla",
+                 block_type="gtrxl")
+    plain = DecoderOnlyModel(model_config("tiny", small))
+    xl = DecoderOnlyModel(model_config("tiny", dict(small, **{"memory.mem_len": 16})))
+    t, n = 8, 24
+    toks = np.random.RandomState(0).randint(2, 97, (2, n)).astype(np.int32)
+    batch = {"decoder_input_tokens": toks, "decoder_target_tokens": np.roll(toks, -1, 1),
+             "decoder_segment_ids": np.ones((2, n), np.int32),
+             "decoder_positions": np.tile(np.arange(n, dtype=np.int32), (2, 1))}
+    seg = lambda i: {k: v[:, i * t:(i + 1) * t] for k, v in batch.items()}
+    params = jax.jit(lambda k: nn.meta.unbox(plain.init(k, seg(0))))(jax.random.key(0))
+    full, _ = jax.jit(plain.logits)(params, batch)
+
+    @jax.jit
+    def forward(params, b, memory):
+        (logits, _), state = xl._forward(xl.module(), params, b, memory)
+        return logits, state["memory"]
+
+    memory, outs = empty_memory(xl, params, seg(0)), []
+    for i in range(n // t):
+        logits, memory = forward(params, seg(i), memory)
+        outs.append(logits)
+    np.testing.assert_allclose(jnp.concatenate(outs, 1), full, atol=1e-5, rtol=1e-5)

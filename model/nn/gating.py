@@ -20,6 +20,9 @@ bias (`gate_bias`, 2 by default, as in the paper):
   'sigmoid_tanh'  g = x + σ(W_g y - b) ⊙ tanh(U_g y)
 With b large, every gate except 'input' starts as the identity map g(x, y) = x, so a
 deep stack starts as a shallow one (the paper's argument for stable RL training).
+Long-range memory (TransformerConfig.memory: Transformer-XL / compressive, model/nn/
+memory.py) works with every block type: attention reads [memory; segment] as in
+DecoderBlock.
 Legend: B batch, T length, D model width.
 """
 from __future__ import annotations
@@ -33,6 +36,7 @@ import jax.numpy as jnp
 from model.attention import Attention
 from model.layers import DenseGeneral, RMSNorm, SwiGLU, constrain
 from model.moe import MoE
+from model.nn.memory import attend_with_memory
 
 from model.config import BLOCK_TYPES, GATES  # noqa: F401  (the names config validates)
 
@@ -89,7 +93,7 @@ class GatedDecoderBlock(nn.Module):
     train: bool = False
     mode: str = "full"
     cache_len: int = 0
-    memory: Any = None  # long-range memory: not supported by gated blocks yet
+    memory: Any = None  # model.nn.memory_config.LayerMemory or None
     block_type: str = "gtrxl"
     gate: str = "gru"
     gate_bias: float = 2.0
@@ -107,16 +111,22 @@ class GatedDecoderBlock(nn.Module):
     def __call__(self, x: jax.Array, sin: jax.Array, cos: jax.Array, segment_ids: jax.Array,
                  step_positions: jax.Array | None = None, positions: jax.Array | None = None
                  ) -> tuple[jax.Array, dict[str, jax.Array] | None]:
-        del positions  # only memory layers use them
-        if self.memory is not None or self.parallel:
-            raise ValueError(f"block_type={self.block_type!r} supports neither long-range "
-                             "memory nor parallel_block yet; use block_type='pre_norm'")
+        if self.parallel:
+            raise ValueError(f"block_type={self.block_type!r} does not support parallel_block; "
+                             "use block_type='pre_norm'")
         norm = lambda name: RMSNorm(self.norm_eps, self.dtype, self.param_dtype, name=name)
         attn = Attention(self.num_heads, self.num_kv_heads, self.head_dim,
                          self.attention_backend, self.block_q, self.block_kv, self.dtype,
                          self.param_dtype, self.mode, self.cache_len, name="attention")
         pre = (lambda name: (lambda v: v)) if self.block_type == "post_norm" else norm
-        a = attn(pre("pre_attention_norm")(x), sin, cos, segment_ids, step_positions)
+        pre_norm = pre("pre_attention_norm")
+        h = pre_norm(x)
+        if self.memory is None:
+            a = attn(h, sin, cos, segment_ids, step_positions)
+        else:  # long-range memory (model/nn/memory.py), as in DecoderBlock
+            a = attend_with_memory(self, attn, pre_norm, self.memory, x, h, sin, cos,
+                                   segment_ids, positions, step_positions, self.mode,
+                                   self.norm_eps)
         x = self._residual(x, a, "attention_gate")
         h = pre("pre_ffn_norm")(x)
         metrics = None
