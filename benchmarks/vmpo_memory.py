@@ -14,6 +14,14 @@ them); the LSTM must carry the bit in its state.
 Prints mean return over the last 20% of iterations per seed and a table; "solved" =
 all 3 seeds >= 0.9. Writes OUT/vmpo_memory.png (returns vs env steps, mean and range
 over seeds, one panel per memory length) and OUT/vmpo_memory.json.
+
+Measured 2026-12-02, `--iterations=300` (154k env steps per seed; load ~12 on 2 cores,
+22 min; with the default 120 iterations none had solved lengths 10 or 20 yet):
+| memory length | gtrxl | trxl_i | lstm |
+|---|---|---|---|
+| 4 | 0.99 [0.99, 0.99] solved | 0.98 [0.97, 0.98] solved | 0.97 [0.97, 0.98] solved |
+| 10 | 0.98 [0.98, 0.98] solved | 0.97 [0.97, 0.97] solved | 0.86 [0.83, 0.92] |
+| 20 | 0.95 [0.93, 0.96] solved | 0.92 [0.89, 0.95] | 0.02 [-0.03, 0.05] |
 """
 from __future__ import annotations
 
