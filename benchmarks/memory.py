@@ -34,7 +34,6 @@ import time
 os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=8")
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-import flax.linen as nn  # noqa: E402
 import jax  # noqa: E402
 import numpy as np  # noqa: E402
 
@@ -121,12 +120,14 @@ def train_and_eval(name, overrides, base, train_books, held, args):
     out["nll_edges"] = edges
     out["nll_by_position"] = res.nll_by_position(edges)
     out["nll_by_segment_offset"] = _by_offset(res, args.segment_len)
+    out["cumulative_nll"], out["power_law"] = _cumulative(res)
     if model.config.memory is not None:
         cut = evaluate_books(model, params, books, args.segment_len, [held.num_bytes],
                              [held.num_words], memory=False)
         out["bpb_without_memory"] = cut.bpb
         out["nll_by_position_without_memory"] = cut.nll_by_position(edges)
         out["nll_by_segment_offset_without_memory"] = _by_offset(cut, args.segment_len)
+        out["cumulative_nll_without_memory"], out["power_law_without_memory"] = _cumulative(cut)
     if args.needle:
         out["needle_answer_nll"] = needle_probe(model, params, args)
     print(f"{name:12s} bpb {out['bpb']:.4f}  word ppl {out['word_perplexity']:.1f}  "
@@ -165,6 +166,15 @@ def needle_probe(model, params, args) -> dict[str, float]:
             nll = [float(x[-1 - k:-1].sum()) for x, k in zip(res.nll, spans)]
             out[f"L{length}{'' if memory else '_memory_off'}"] = float(np.mean(nll))
     return out
+
+
+def _cumulative(res) -> tuple[list[tuple[int, float]], dict[str, float]]:
+    """The eval's power-law view (model/evaluation/long_context.py): C(x), the mean NLL
+    of the book's first x tokens, at ~100 log-spaced x, and its fit a*x**b + c."""
+    from model.evaluation.long_context import cumulative_average, fit_power_law  # noqa: E402
+    cum = cumulative_average(res.nll[0])
+    xs = np.unique(np.geomspace(1, cum.size, 100).astype(int))
+    return [(int(x), float(cum[x - 1])) for x in xs], fit_power_law(cum)
 
 
 def _by_offset(res, t: int) -> list[float]:
@@ -231,6 +241,19 @@ def plots(results: dict, out: str, t: int) -> None:
     ax.legend(fontsize=7)
     fig.tight_layout()
     fig.savefig(os.path.join(out, "nll_by_position.png"), dpi=120)
+    fig, ax = plt.subplots(figsize=(6, 3.5))
+    for n in names:
+        for key, style, tag in (("cumulative_nll", "-", ""),
+                                ("cumulative_nll_without_memory", ":", " (memory off)")):
+            if key in results[n]:
+                x, y = zip(*results[n][key])
+                ax.plot(x, y, ls=style, label=n + tag)
+    ax.set_xscale("log")
+    ax.set_xlabel("tokens into the held-out book")
+    ax.set_ylabel("mean NLL of the first x tokens")
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(os.path.join(out, "power_law.png"), dpi=120)
 
 
 def report(results: dict, cp: dict, args, out: str, held_name: str, train_names) -> None:
@@ -251,9 +274,20 @@ def report(results: dict, cp: dict, args, out: str, held_name: str, train_names)
                      f"{r['train_step_bytes'] / 2**20:.1f} "
                      f"({r['train_step_bytes'] / base['train_step_bytes']:.2f}x) | "
                      f"{r['effective_context']} |")
+    lines += ["", "Step times are medians over the run's steps in this one process; on a "
+              "shared, loaded machine they are noisy (XLA's memory figures are not)."]
     order = sorted(results, key=lambda n: results[n]["bpb"])
     lines += ["", f"Measured order (best first): {' < '.join(order)}.", "", f"Expected: {EXPECTED}",
               "", "![bpb](bpb.png)", "", "![nll](nll_by_position.png)", "",
+              "Cumulative mean NLL over the book, C(x) = a * x^b + c fitted "
+              "(model/evaluation/long_context.py):", ""]
+    for n, r in results.items():
+        for key, tag in (("power_law", ""), ("power_law_without_memory", ", memory off")):
+            if key in r:
+                f = r[key]
+                lines.append(f"- {n}{tag}: a={f['a']:.3g}, b={f['b']:.3g}, c={f['c']:.4f}, "
+                             f"R²={f['r2']:.3f}")
+    lines += ["", "![power law](power_law.png)", "",
               "## Context parallelism (XLA memory analysis, per device)", "",
               f"- 1 device, length {cp['1 device']['length']}: "
               f"{cp['1 device']['bytes_per_device'] / 2**20:.1f} MiB",
