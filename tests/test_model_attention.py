@@ -33,11 +33,13 @@ def schedule(request, monkeypatch):
                                          (50, 4, 1, 16, 8), (32, 2, 2, 64, 64)])
 def test_blockwise_matches_plain(t, n, k, bq, bk, schedule):
     q, kk, v, seg = _inputs(2, t, n, k, 16)
-    plain = lambda q, kk, v: xla_attention(q, kk, v, segment_causal_mask(seg))
-    block = lambda q, kk, v: blockwise_attention(q, kk, v, seg, block_q=bq, block_kv=bk)
+    # One compile per function (op-by-op dispatch of the block loops is slow).
+    plain = jax.jit(lambda q, kk, v: xla_attention(q, kk, v, segment_causal_mask(seg)))
+    block = jax.jit(lambda q, kk, v: blockwise_attention(q, kk, v, seg, block_q=bq, block_kv=bk))
     np.testing.assert_allclose(block(q, kk, v), plain(q, kk, v), atol=1e-5, rtol=1e-5)
     w = jax.random.normal(jax.random.PRNGKey(9), (2, t, n, 16))
-    grads = lambda f: jax.grad(lambda *a: jnp.sum(f(*a) * w), argnums=(0, 1, 2))(q, kk, v)
+    grads = lambda f: jax.jit(jax.grad(lambda *a: jnp.sum(f(*a) * w), argnums=(0, 1, 2)))(
+        q, kk, v)
     for gb, gp in zip(grads(block), grads(plain)):
         np.testing.assert_allclose(gb, gp, atol=1e-5, rtol=1e-5)
 
