@@ -159,7 +159,8 @@ def train(model, rows, steps: int, batch_size: int, retrieval: bool, seed: int =
         state = tr.init_state(jax.random.key(seed), first)
     else:
         fresh = nn.meta.unbox(jax.jit(model.init)(jax.random.key(seed), first))
-        params = dict(fresh, **start_params)  # the trained decoder + fresh retro_* params
+        # The trained decoder (copied: the step donates its state) + fresh retro_* params.
+        params = dict(fresh, **jax.tree.map(jnp.copy, start_params))
         state = TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=opt.init(params))
     step = tr.jit_train_step(first)
     state, metrics = step(state, first)  # compile outside the timing
@@ -197,6 +198,8 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=300)
     ap.add_argument("--batch_size", type=int, default=16)
     ap.add_argument("--work_dir", default=None)
+    ap.add_argument("--reuse", action="store_true",
+                    help="keep the databases and caches already in --work_dir (jobs not timed)")
     args = ap.parse_args()
     m, L, k = args.chunk_len, args.seq_len, args.num_neighbours
 
@@ -224,16 +227,19 @@ def main() -> None:
     write_docs(d_dups, dups)
 
     db_with, db_without, cache = (os.path.join(work, n) for n in ("db_with_dups", "db_no_dups", "cache"))
-    t_db = run_beam(build_db.BuildDatabase([d_train, d_dups], db_with, chunk_len=m, num_shards=4))
-    run_beam(build_db.BuildDatabase([d_train, d_dups], db_without, chunk_len=m, num_shards=4,
-                                    exclude_like=[d_eval], leak_threshold=0.1))
+    built = os.path.exists(os.path.join(cache, "retro_bench", "stats.validation_dup.json"))
+    t_db = t_nb = float("nan")
+    if not (args.reuse and built):
+        t_db = run_beam(build_db.BuildDatabase([d_train, d_dups], db_with, chunk_len=m, num_shards=4))
+        run_beam(build_db.BuildDatabase([d_train, d_dups], db_without, chunk_len=m, num_shards=4,
+                                        exclude_like=[d_eval], leak_threshold=0.1))
+        t_nb = run_beam(neighbours.PrecomputeNeighbours([d_train], db_without, cache, "retro_bench",
+                                                        split="train", seq_len=L, num_neighbours=k))
+        for split, db in (("validation", db_without), ("validation_dup", db_with)):
+            run_beam(neighbours.PrecomputeNeighbours([d_eval], db, cache, "retro_bench", split=split,
+                                                     seq_len=L, num_neighbours=k))
     info_with = json.loads(open(os.path.join(db_with, "db.json")).read())
     info_without = json.loads(open(os.path.join(db_without, "db.json")).read())
-    t_nb = run_beam(neighbours.PrecomputeNeighbours([d_train], db_without, cache, "retro_bench",
-                                                    split="train", seq_len=L, num_neighbours=k))
-    for split, db in (("validation", db_without), ("validation_dup", db_with)):
-        run_beam(neighbours.PrecomputeNeighbours([d_eval], db, cache, "retro_bench", split=split,
-                                                 seq_len=L, num_neighbours=k))
     retrieval.register_retro_task("retro_bench")
     seqio.add_global_cache_dirs([cache])
     train_rows = rows_of("retro_bench", "train", L, m, k)
