@@ -24,6 +24,12 @@ parameters (0.98 -> 0.82 bpb, Borgeaud et al. 2021, Fig. 1). Throughput: MiniLM
 chunk keys per second on one core (OPENBLAS_NUM_THREADS=1, a subprocess); index
 build by our path (trained empty index, per-shard fill, merge) vs faiss alone
 (train + add in one index) on the same keys, with recall@10 vs exact search.
+
+Measured (2 shared cores at load 11-18; README "RETRO"): `--train_words=8000 --steps=150`
+held-out bpb baseline 2.293, RETRO off 2.308, without near-dups 2.301, with 2.289,
+RETROfit 2.297 / 2.297 (paper: 0.98 -> 0.82): the data side finds the near-duplicates
+(97 of 104 held-out chunks), the tiny models barely learn to copy in so few steps.
+MiniLM 85.6 chunks/s per core (16-token chunks).
 """
 from __future__ import annotations
 
