@@ -22,16 +22,18 @@ def rlax():
         pytest.skip(f"rlax side environment not found at {RLAX_DIR}: run "
                     "`bash tests/rlax_env.sh` (or set TAPESTRY_RLAX_ENV)")
     sys.path.append(RLAX_DIR)  # after our own packages: rlax runs on our jax
-    # tfp's JAX substrate imports TensorFlow only to copy docstrings (~40 s); hide it
-    # unless something in this process already imported it.
-    hide_tf = "tensorflow" not in sys.modules
-    if hide_tf:
-        sys.modules["tensorflow"] = None
+    # tfp's JAX substrate imports TensorFlow only to copy docstrings (~40 s), and with
+    # TensorFlow present wants tf_keras: hide it for the import, even when this process
+    # (a test worker that ran a SeqIO test) already imported it.
+    saved = sys.modules.get("tensorflow")
+    sys.modules["tensorflow"] = None
     try:
         import rlax as module
     finally:
-        if hide_tf:
+        if saved is None:
             del sys.modules["tensorflow"]
+        else:
+            sys.modules["tensorflow"] = saved
     return module
 
 
