@@ -57,6 +57,9 @@ class CheckpointConfig:
       restore_from: fine-tuning: initialise params from this checkpoint (a model dir,
         its `checkpoints/` dir, or a step dir) when MODEL_DIR has no checkpoint yet.
       restore_step: the step of `restore_from` (None: latest).
+      init_missing: top-level param names (prefixes) that may be absent from
+        `restore_from` and keep their fresh initialisation, e.g. ('retro_',) to start
+        RETROfit from a plain decoder's checkpoint. Any other difference is an error.
     """
     save_every: int = 1000
     keep: int | None = None
@@ -65,6 +68,7 @@ class CheckpointConfig:
     save_on_sigterm: bool = True
     restore_from: str | None = None
     restore_step: int | None = None
+    init_missing: tuple[str, ...] = ()
 
     def __post_init__(self):
         if self.save_every < 1:
@@ -376,8 +380,10 @@ class Checkpointer:
                 f"restore them, or point MODEL_DIR elsewhere to start afresh.")
         return None
 
-    def restore_params_for_finetune(self, abstract_params: Any) -> Any:
-        """Params from `cfg.restore_from`, checked against the model's shapes."""
+    def restore_params_for_finetune(self, abstract_params: Any, fresh_params: Any = None
+                                    ) -> Any:
+        """Params from `cfg.restore_from`, checked against the model's shapes; top-level
+        params named by `cfg.init_missing` and absent there come from `fresh_params`."""
         directory, step = _resolve(self.cfg.restore_from, self.cfg.restore_step)
         manager = _manager(directory, read_only=True)
         steps = manager.all_steps()
@@ -385,8 +391,16 @@ class Checkpointer:
             raise FileNotFoundError(f"restore_from={self.cfg.restore_from}: no checkpoints")
         step = max(steps) if step is None else step
         saved = _metadata_tree(manager, step)["params"]
-        check_shapes(saved, abstract_params, f"restore_from={self.cfg.restore_from} step {step}")
-        params = _restore_params(manager, step, abstract_params)
+        fresh = sorted(k for k in abstract_params if k not in saved
+                       and any(str(k).startswith(p) for p in self.cfg.init_missing))
+        if fresh and fresh_params is None:
+            raise ValueError(f"init_missing params {fresh} need fresh_params")
+        target = {k: v for k, v in abstract_params.items() if k not in fresh}
+        check_shapes(saved, target, f"restore_from={self.cfg.restore_from} step {step}")
+        params = _restore_params(manager, step, target)
         manager.close()
+        if fresh:
+            params = {**params, **{k: fresh_params[k] for k in fresh}}
+            log.info("kept the fresh initialisation of %s (CheckpointConfig.init_missing)", fresh)
         log.info("fine-tuning from %s step %d", directory, step)
         return params

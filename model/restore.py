@@ -64,7 +64,7 @@ def restore_or_init(trainer: Trainer, checkpointer: Checkpointer, open_input: Op
         state = trainer.init_state(jax.random.key(seed),
                                    trainer.partitioner.shard_batch(first[0]))
         if checkpointer.cfg.restore_from:
-            params = checkpointer.restore_params_for_finetune(abstract.params)
+            params = checkpointer.restore_params_for_finetune(abstract.params, state.params)
             state = state.replace(params=params)
         if position is not None:  # a position without a restorable step: start afresh
             first, batches, before = _first(open_input, None)

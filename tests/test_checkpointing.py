@@ -156,6 +156,26 @@ def test_finetune_restores_matching_params(tmp_path, trained):
     _assert_same(params, states[-1].params)
 
 
+def test_finetune_keeps_fresh_params_named_by_init_missing(tmp_path, trained):
+    """A deeper model from a 1-layer checkpoint: layer_1 keeps its initialisation only when
+    CheckpointConfig.init_missing names it (RETROfit: ('retro_',) on a plain checkpoint)."""
+    _, _, states = trained
+    _save_all(tmp_path / "pre", states[-1:])
+    deeper = _trainer({"num_layers": 2})
+    batch = next(synthetic_dataset_fn(DATA, 0, 1, 0, vocab_size=256))
+    abstract, _ = deeper.abstract_state(batch)
+    fresh = deeper.init_state(jax.random.key(1), deeper.partitioner.shard_batch(batch)).params
+    pre = str(tmp_path / "pre")
+    with pytest.raises(CheckpointShapeError, match="layer_1/.*missing from checkpoint"):
+        Checkpointer(tmp_path / "a", CheckpointConfig(restore_from=pre)
+                     ).restore_params_for_finetune(abstract.params, fresh)
+    ck = Checkpointer(tmp_path / "b", CheckpointConfig(restore_from=pre, init_missing=("layer_1",)))
+    params = ck.restore_params_for_finetune(abstract.params, fresh)
+    ck.close()
+    _assert_same({k: v for k, v in params.items() if k != "layer_1"}, states[-1].params)
+    _assert_same(params["layer_1"], fresh["layer_1"])
+
+
 def test_restore_params_errors_are_clear(tmp_path):
     with pytest.raises(FileNotFoundError, match="no checkpoint at"):
         restore_params(tmp_path / "missing")
