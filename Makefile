@@ -78,7 +78,7 @@ clean-demo:
 # ---------------------------------------------------------------------------
 # Chinchilla IsoFLOP sweep on the text task: 3 budgets x 5 sizes of tiny decoders
 # (C = 6ND with N non-embedding), then Approach 2/3 fits and SWEEP_DIR/report.html.
-# Resumable: rerun to pick up where it stopped. About 15-25 minutes on 2 cores.
+# Resumable: rerun to pick up where it stopped. About 25 CPU-minutes (2 points at a time).
 SWEEP_DIR ?= sweep_out
 SWEEP_BUDGETS ?= 2e11,5e11,1.2e12  # a variable: a literal comma would split $(call) arguments
 SWEEP_TEXT := $(if $(BOOKS),$(BOOKS),$(DEMO_DIR)/corpus/train/text)
