@@ -183,6 +183,17 @@ def unstack_layers(params: dict, cfg: TransformerConfig) -> dict:
     return out
 
 
+def output_logits(cfg: TransformerConfig, embed: Embed, x: jax.Array) -> jax.Array:
+    """Final hidden [B,T,D] -> float32 logits [B,T,V]: the tied embedding, or a `logits`
+    projection created in the calling module's scope."""
+    if cfg.tie_embeddings:
+        logits = embed.attend(x)
+    else:
+        logits = DenseGeneral((cfg.vocab_size,), ("embed", "vocab"), jnp.dtype(cfg.dtype),
+                              jnp.dtype(cfg.param_dtype), name="logits")(x)
+    return constrain(logits, ("batch", "length", "vocab")).astype(jnp.float32)
+
+
 class Transformer(nn.Module):
     """Multimodal decoder-only transformer; returns logits and per-MoE-layer metrics."""
     config: TransformerConfig
@@ -235,10 +246,4 @@ class Transformer(nn.Module):
         x = RMSNorm(cfg.norm_eps, dtype, pdtype, name="final_norm")(x)
         if self.return_hidden and not self.is_initializing():
             return x, all_metrics
-        if cfg.tie_embeddings:
-            logits = embed.attend(x)
-        else:
-            logits = DenseGeneral((cfg.vocab_size,), ("embed", "vocab"), dtype, pdtype,
-                                  name="logits")(x)
-        logits = constrain(logits, ("batch", "length", "vocab"))
-        return logits.astype(jnp.float32), all_metrics
+        return output_logits(cfg, embed, x), all_metrics

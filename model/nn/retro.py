@@ -47,7 +47,7 @@ from model.config import TransformerConfig
 from model.encoders import MediaEncoders, merge_media
 from model.layers import DenseGeneral, Embed, RMSNorm, SwiGLU, apply_rope, constrain, rope_tables
 from model.models import DecoderOnlyModel, _text_inputs, media_inputs
-from model.transformer import MoEMetrics, _block
+from model.transformer import MoEMetrics, _block, output_logits
 
 NEIGHBOURS_KEY = "retrieved_neighbours"
 RETRO_PREFIX = "retro_"  # every RETRO-only param lives under a top-level name with this prefix
@@ -339,13 +339,7 @@ class RetroTransformer(nn.Module):
         x = RMSNorm(cfg.norm_eps, dtype, pdtype, name="final_norm")(x)
         if self.return_hidden and not self.is_initializing():
             return x, all_metrics
-        if cfg.tie_embeddings:
-            logits = embed.attend(x)
-        else:
-            logits = DenseGeneral((cfg.vocab_size,), ("embed", "vocab"), dtype, pdtype,
-                                  name="logits")(x)
-        logits = constrain(logits, ("batch", "length", "vocab"))
-        return logits.astype(jnp.float32), all_metrics
+        return output_logits(cfg, embed, x), all_metrics
 
 
 # ------------------------------------------------------------------ the model API
